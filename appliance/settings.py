@@ -1,0 +1,106 @@
+"""Settings: one typed object, built once at start-up and passed down.
+
+Values come from defaults, then ``<state_dir>/config.yaml`` (if present), then
+``LAB_*`` environment variables. Nothing below this module reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = Path("/var/lib/pacific-lab")
+    cache_dir: Path = Path("/var/cache/pacific-lab")
+    database_url: str = ""  # empty: SQLite file under state_dir
+    api_bind: str = "0.0.0.0"
+    api_port: int = 6443
+    dashboard_port: int = 8443
+    public_host: str = ""  # host name / address put in kubeconfigs; empty: detected
+    token_ttl_seconds: int = 10 * 3600
+    max_body_bytes: int = 3 * 1024 * 1024
+    watch_history: int = 20000  # watch-log events kept before compaction
+    project_root: Path = PROJECT_ROOT
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # -- derived paths -------------------------------------------------
+    @property
+    def playbooks_dir(self) -> Path:
+        return self.project_root / "playbooks"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.project_root / "templates"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def host_facts_path(self) -> Path:
+        return self.state_dir / "host-facts.json"
+
+    @property
+    def admin_credentials_path(self) -> Path:
+        return self.state_dir / "admin-credentials"
+
+    @property
+    def admin_kubeconfig_path(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'supervisor.db'}"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{self.public_host or 'localhost'}:{self.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"https://{self.public_host or 'localhost'}:{self.dashboard_port}"
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "state_dir": Path, "cache_dir": Path, "database_url": str, "api_bind": str,
+    "api_port": int, "dashboard_port": int, "public_host": str,
+    "token_ttl_seconds": int, "max_body_bytes": int, "watch_history": int,
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build the settings: defaults, then the config file, then ``LAB_*`` variables."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    state_dir = Path(env.get("LAB_STATE_DIR", str(Settings.state_dir)))
+    config_file = state_dir / "config.yaml"
+    if config_file.is_file():
+        loaded = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: expected a mapping")
+        for key, value in loaded.items():
+            if key not in _ENV_FIELDS:
+                raise ValueError(f"{config_file}: unknown setting {key!r}")
+            values[key] = _ENV_FIELDS[key](value)
+    for key, typ in _ENV_FIELDS.items():
+        raw = env.get("LAB_" + key.upper())
+        if raw is not None and raw != "":
+            values[key] = typ(raw)
+    values.update(overrides)
+    return replace(Settings(), **values)  # type: ignore[arg-type]
