@@ -1,0 +1,12 @@
+"""Kinds served by the supervisor API."""
+
+from appliance.kinds import core, rbac
+from appliance.kinds.registry import Registry
+
+
+def default_registry() -> Registry:
+    """Every kind this build of the supervisor serves."""
+    registry = Registry()
+    registry.extend(core.KINDS)
+    registry.extend(rbac.KINDS)
+    return registry

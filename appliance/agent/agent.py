@@ -1,0 +1,104 @@
+"""The host agent (the spherelet of Pacific Lab): one per libvirt host.
+
+It talks to the supervisor only through the API, with its own node
+credentials, so a second host runs the same agent pointed at the
+supervisor's URL. Today it registers its host as a core/v1 Node with the
+host's capacity and keeps the Node's Ready condition fresh; the VM Service
+and vSphere Pods add their reconcilers here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from appliance import errors
+from appliance.client import ApiClient
+from appliance.util.timefmt import now_rfc3339
+
+LOG = logging.getLogger(__name__)
+
+NODE_VERSION = "v1.31.0-pacific"
+
+
+def node_object(facts: dict[str, Any]) -> dict[str, Any]:
+    """The Node that describes this host, from the facts host.yml recorded."""
+    hostname = str(facts["hostname"])
+    cpus = int(facts.get("cpus") or 1)
+    memory = int(facts.get("memory_bytes") or 0)
+    disk = int(facts.get("disk_total_bytes") or 0)
+    accel = str(facts.get("accelerator") or "tcg")
+    capacity = {"cpu": str(cpus), "memory": f"{memory // 1024}Ki",
+                "ephemeral-storage": f"{disk // 1024}Ki", "pods": "110"}
+    labels = {"kubernetes.io/hostname": hostname, "kubernetes.io/os": "linux",
+              "kubernetes.io/arch": "amd64", "pacific.lab/accelerator": accel,
+              "pacific.lab/ovs-datapath": str(facts.get("ovs_datapath") or "unknown"),
+              "node-role.kubernetes.io/host": ""}
+    addresses = [{"type": "Hostname", "address": hostname}]
+    if facts.get("address"):
+        addresses.insert(0, {"type": "InternalIP", "address": str(facts["address"])})
+    return {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": hostname, "labels": labels},
+        "spec": {"providerID": f"libvirt://{hostname}"},
+        "status": {
+            "capacity": capacity, "allocatable": dict(capacity), "addresses": addresses,
+            "nodeInfo": {
+                "kubeletVersion": NODE_VERSION, "kernelVersion": str(facts.get("kernel") or ""),
+                "osImage": str(facts.get("os") or "Debian GNU/Linux 12 (bookworm)"),
+                "containerRuntimeVersion": f"libvirt://{facts.get('libvirt_version') or ''}",
+                "architecture": "amd64", "operatingSystem": "linux",
+                "machineID": str(facts.get("machine_id") or ""),
+            },
+            "conditions": [],
+        },
+    }
+
+
+class HostAgent:
+    def __init__(self, client: ApiClient, facts: dict[str, Any], heartbeat: float = 30.0) -> None:
+        self.client = client
+        self.facts = facts
+        self.heartbeat = heartbeat
+        self.node_name = str(facts["hostname"])
+
+    def register(self) -> None:
+        node = node_object(self.facts)
+        path = ApiClient.path("", "v1", "nodes")
+        try:
+            current = self.client.get(f"{path}/{self.node_name}")
+        except errors.ApiError as err:
+            if err.code != 404:
+                raise
+            status = node.pop("status")
+            current = self.client.create(path, node)
+            LOG.info("[node/%s] registered", self.node_name)
+            node["status"] = status
+        else:
+            self.client.merge_patch(f"{path}/{self.node_name}",
+                                    {"metadata": {"labels": node["metadata"]["labels"]}})
+        self.report(node["status"])
+
+    def report(self, status: dict[str, Any] | None = None) -> None:
+        status = dict(status or node_object(self.facts)["status"])
+        now = now_rfc3339()
+        status["conditions"] = [{
+            "type": "Ready", "status": "True", "reason": "HostAgentReady",
+            "message": f"host agent is posting ready status ({self.facts.get('accelerator')})",
+            "lastHeartbeatTime": now, "lastTransitionTime": now}]
+        path = ApiClient.path("", "v1", "nodes", name=self.node_name, sub="status")
+        self.client.merge_patch(path, {"status": status})
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.register()
+                break
+            except (errors.ApiError, OSError) as exc:
+                LOG.warning("[node/%s] registration failed: %s", self.node_name, exc)
+                stop.wait(2.0)
+        while not stop.wait(self.heartbeat):
+            try:
+                self.report()
+            except (errors.ApiError, OSError) as exc:
+                LOG.warning("[node/%s] heartbeat failed: %s", self.node_name, exc)

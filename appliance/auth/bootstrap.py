@@ -1,0 +1,145 @@
+"""First-start objects: RBAC roles, the administrator, node identities.
+
+vSphere's per-namespace permissions map onto three ClusterRoles, granted in a
+namespace with a RoleBinding (the dashboard and ``lab`` make those):
+
+- ``pacific:namespace-owner``: everything in the namespace, including its
+  role bindings (and so granting view/edit/owner to others);
+- ``pacific:namespace-edit``: create, change and delete workloads; read the
+  namespace's quota, bindings and events;
+- ``pacific:namespace-view``: read everything except Secrets.
+
+The edit and view roles are computed from the kind registry on every start,
+so kinds added later are covered without touching this file.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from appliance import errors
+from appliance.auth import users
+from appliance.auth.rbac import RBAC
+from appliance.kinds.registry import Registry
+from appliance.objects import SYSTEM, ObjectService, Target, WriteOptions
+
+LOG = logging.getLogger(__name__)
+
+OWNER, EDIT, VIEW = "pacific:namespace-owner", "pacific:namespace-edit", "pacific:namespace-view"
+ROLE_FOR = {"owner": OWNER, "edit": EDIT, "view": VIEW}
+HOST_AGENT = "pacific:host-agent"
+ADMIN_USER = "admin"
+
+READ = ["get", "list", "watch"]
+WRITE = ["create", "update", "patch", "delete", "deletecollection"]
+#: Kinds that editors may read but not change: the administrator's levers.
+ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings")}
+#: Kinds hidden from viewers: they carry credentials.
+SECRET_KINDS = {("", "secrets")}
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
+    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+
+
+def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    namespaced = [k for k in registry.kinds if k.namespaced and k.storable]
+    edit: list[dict[str, Any]] = [_rule([""], ["namespaces"], ["get"])]
+    view: list[dict[str, Any]] = [_rule([""], ["namespaces"], ["get"])]
+    for kind in namespaced:
+        key = (kind.group, kind.plural)
+        subs = [f"{kind.plural}/{s}" for s in kind.extra_subresources]
+        status = [f"{kind.plural}/status"] if kind.has_status else []
+        if key not in SECRET_KINDS:
+            view.append(_rule([kind.group], [kind.plural, *status], READ))
+        if key in ADMIN_ONLY:
+            edit.append(_rule([kind.group], [kind.plural, *status], READ))
+        else:
+            edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ + WRITE))
+    owner = [_rule(["*"], ["*"], ["*"])]
+    return {OWNER: owner, EDIT: edit, VIEW: view}
+
+
+def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
+    roles = namespace_roles(registry)
+    roles["cluster-admin"] = [_rule(["*"], ["*"], ["*"]),
+                              {"nonResourceURLs": ["*"], "verbs": ["*"]}]
+    roles["system:basic-user"] = [_rule(["authorization.k8s.io"], [
+        "selfsubjectaccessreviews", "selfsubjectrulesreviews"], ["create"])]
+    roles["system:discovery"] = [{"nonResourceURLs": [
+        "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/openapi",
+        "/openapi/*", "/version", "/version/"], "verbs": ["get"]}]
+    agent = [_rule([""], ["nodes", "nodes/status"], READ + WRITE),
+             _rule([""], ["events"], ["create", "update", "patch"])]
+    for kind in registry.kinds:
+        if kind.storable and (kind.group, kind.plural) not in SECRET_KINDS:
+            agent.append(_rule([kind.group], [kind.plural], READ))
+            if kind.has_status:
+                agent.append(_rule([kind.group], [f"{kind.plural}/status"], ["get", "update",
+                                                                              "patch"]))
+    roles[HOST_AGENT] = agent
+    return roles
+
+
+CLUSTER_BINDINGS = {
+    "cluster-admin": ("cluster-admin", users.MASTERS),
+    "pacific:administrators": ("cluster-admin", users.ADMINS),
+    "system:basic-user": ("system:basic-user", users.AUTHENTICATED),
+    "system:discovery": ("system:discovery", users.AUTHENTICATED),
+    HOST_AGENT: (HOST_AGENT, users.NODES),
+}
+
+
+def _ensure(service: ObjectService, plural: str, name: str, body: dict[str, Any]) -> None:
+    kind = service.registry.by_group_plural(RBAC, plural)
+    assert kind is not None
+    target = Target(kind, "v1", "", name)
+    full = {"apiVersion": f"{RBAC}/v1", "kind": kind.kind, "metadata": {
+        "name": name, "labels": {"pacific.lab/bootstrap": "true"}}, **body}
+    try:
+        current = service.get(SYSTEM, target)
+    except errors.ApiError as err:
+        if err.code != 404:
+            raise
+        service.create(SYSTEM, Target(kind, "v1"), full, WriteOptions())
+        return
+    if any(current.get(k) != v for k, v in body.items()):
+        full["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        service.update(SYSTEM, target, full)
+
+
+def ensure_rbac(service: ObjectService) -> None:
+    for name, rules in cluster_roles(service.registry).items():
+        _ensure(service, "clusterroles", name, {"rules": rules})
+    for name, (role, group) in CLUSTER_BINDINGS.items():
+        _ensure(service, "clusterrolebindings", name, {
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "Group", "apiGroup": RBAC, "name": group}]})
+
+
+def ensure_admin(service: ObjectService) -> str | None:
+    """Make the administrator on first start; returns its password only then."""
+    with service.store.write() as txn:
+        if users.user_exists(txn.session, ADMIN_USER):
+            return None
+        password = secrets.token_urlsafe(18)
+        users.create_user(txn.session, ADMIN_USER, password, [users.MASTERS, users.ADMINS])
+    LOG.info("administrator %r created", ADMIN_USER)
+    return password
+
+
+def grant(service: ObjectService, actor: users.UserInfo, namespace: str, user: str,
+          role: str) -> None:
+    """Give ``user`` the vSphere role ``role`` (owner, edit, view) in ``namespace``."""
+    if role not in ROLE_FOR:
+        raise errors.bad_request(f"unknown role {role!r}: choose owner, edit or view")
+    kind = service.registry.by_group_plural(RBAC, "rolebindings")
+    assert kind is not None
+    body = {"apiVersion": f"{RBAC}/v1", "kind": "RoleBinding",
+            "metadata": {"name": f"pacific-{role}-{user}", "namespace": namespace,
+                         "labels": {"pacific.lab/role": role, "pacific.lab/user": user}},
+            "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": ROLE_FOR[role]},
+            "subjects": [{"kind": "User", "apiGroup": RBAC, "name": user}]}
+    service.create(actor, Target(kind, "v1", namespace), body)

@@ -1,0 +1,397 @@
+"""`lab`: the Pacific Lab command line.
+
+Every command fails with a non-zero exit and one readable line on bad input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from rich.console import Console
+
+from appliance import errors, kubeconfig
+from appliance.settings import Settings, load_settings
+
+console = Console(stderr=True)
+out = Console()
+
+SERVICE_NAME = "pacific-lab"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"bad settings: {exc}") from exc
+
+
+def _pidfile(s: Settings) -> Path:
+    return s.run_dir / "host-service.pid"
+
+
+def _logfile(s: Settings) -> Path:
+    return s.log_dir / "host-service.log"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
+def main(verbose: bool) -> None:
+    """Pacific Lab: vSphere with Tanzu on one Linux host."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- bring up / down --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--skip-host-prep", is_flag=True, help="Do not run playbooks/host.yml.")
+@click.option("--timeout", default=120, show_default=True, help="Seconds to wait for the API.")
+def up(skip_host_prep: bool, timeout: int) -> None:
+    """Prepare this host and start the host service."""
+    s = _settings()
+    if not skip_host_prep:
+        _prepare_host(s)
+    _start_service(s)
+    _wait_ready(s, timeout)
+    _summary(s)
+
+
+def _prepare_host(s: Settings) -> None:
+    from appliance.hostprep import prepare_host
+
+    with console.status("preparing the host (packages, libvirt, Open vSwitch)") as status:
+        def on_event(ev: Any) -> None:
+            task = getattr(ev, "task", None)
+            if task:
+                status.update(f"preparing the host: {task}")
+        try:
+            facts = prepare_host(s, on_event=on_event)
+        except Exception as exc:  # noqa: BLE001 - shown as one line
+            raise click.ClickException(f"host preparation failed: {exc}") from exc
+    accel = facts.get("accelerator", "?") if isinstance(facts, dict) else "?"
+    console.print(f"[green]✓[/] host prepared ({accel}, OVS datapath "
+                  f"{facts.get('ovs_datapath', '?') if isinstance(facts, dict) else '?'})")
+
+
+def _service_argv() -> list[str]:
+    return [sys.executable, "-m", "appliance.cli", "serve"]
+
+
+def _service_env(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("LAB_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:" \
+                  f"/usr/bin:/sbin:/bin"
+    env["LAB_STATE_DIR"] = str(s.state_dir)
+    env["HOME"] = os.environ.get("HOME", "/root")
+    env["PYTHONPATH"] = str(s.project_root)
+    return env
+
+
+def _start_service(s: Settings) -> None:
+    from appliance import daemon
+
+    for d in (s.state_dir, s.log_dir, s.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    if daemon.systemd_is_pid1():
+        daemon.install_unit(SERVICE_NAME, _service_argv(), _service_env(s),
+                            "Pacific Lab host service", templates_dir=s.templates_dir)
+        console.print(f"[green]✓[/] systemd unit {SERVICE_NAME}.service running")
+        return
+    pid = daemon.start_daemon(_service_argv(), _pidfile(s), _logfile(s), env=_service_env(s))
+    console.print(f"[green]✓[/] host service running (pid {pid}, logs in {_logfile(s)})")
+
+
+def _wait_ready(s: Settings, timeout: int) -> None:
+    url = f"https://127.0.0.1:{s.api_port}/readyz"
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the supervisor API"):
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url, verify=False, timeout=2).status_code == 200:  # noqa: S501
+                    return
+            except requests.RequestException:
+                pass
+            if not _running(s):
+                raise click.ClickException(f"the host service exited; see `lab logs` "
+                                           f"({_logfile(s)})")
+            time.sleep(0.3)
+    raise click.ClickException(f"the API did not answer within {timeout}s; see `lab logs`")
+
+
+def _running(s: Settings) -> bool:
+    from appliance import daemon
+
+    if daemon.systemd_is_pid1():
+        return daemon.unit_active(SERVICE_NAME)
+    return daemon.read_pid(_pidfile(s)) is not None
+
+
+def _summary(s: Settings) -> None:
+    from appliance.service import primary_address
+
+    addr = s.public_host or primary_address()
+    out.print(f"API:        https://{addr}:{s.api_port}")
+    out.print(f"Dashboard:  https://{addr}:{s.dashboard_port}")
+    marker = s.run_dir / "admin-password-unshown"
+    if marker.exists():
+        out.print("Administrator (shown once; also kept in "
+                  f"{s.admin_credentials_path}, readable by root only):")
+        out.print(s.admin_credentials_path.read_text().rstrip())
+        marker.unlink()
+    else:
+        out.print(f"Administrator credentials: {s.admin_credentials_path} (root only)")
+    out.print(f"Admin kubeconfig: {s.admin_kubeconfig_path}")
+    out.print(f"  export KUBECONFIG={s.admin_kubeconfig_path}")
+
+
+@main.command()
+def serve() -> None:
+    """Run the host service in the foreground (used by `lab up`)."""
+    from appliance.service import HostService
+
+    logging.getLogger().setLevel(logging.INFO)
+    s = _settings()
+    HostService(s).run_forever()
+
+
+@main.command()
+def down() -> None:
+    """Stop the host service."""
+    from appliance import daemon
+
+    s = _settings()
+    if daemon.systemd_is_pid1():
+        daemon.stop_unit(SERVICE_NAME)
+        console.print("[green]✓[/] stopped")
+        return
+    if daemon.stop_daemon(_pidfile(s)):
+        console.print("[green]✓[/] host service stopped")
+    else:
+        console.print("host service was not running")
+
+
+@main.command()
+def status() -> None:
+    """Show whether the host service runs and what the host is."""
+    from appliance.service import load_facts
+
+    s = _settings()
+    running = _running(s)
+    out.print(f"host service: {'running' if running else 'stopped'}")
+    if running:
+        try:
+            r = requests.get(f"https://127.0.0.1:{s.api_port}/readyz", verify=False, timeout=3)
+            out.print(f"API: {'ready' if r.status_code == 200 else 'not ready'} "
+                      f"(https://127.0.0.1:{s.api_port})")
+        except requests.RequestException as exc:
+            out.print(f"API: not answering ({exc.__class__.__name__})")
+    facts = load_facts(s) if s.host_facts_path.exists() else {}
+    if facts:
+        out.print(f"accelerator: {facts.get('accelerator')}  OVS datapath: "
+                  f"{facts.get('ovs_datapath')}  CPUs: {facts.get('cpus')}  memory: "
+                  f"{int(facts.get('memory_bytes') or 0) // 2**20} MiB")
+    if not running:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True)
+@click.option("-n", "--lines", default=50, show_default=True)
+def logs(follow: bool, lines: int) -> None:
+    """Show the host service's log."""
+    from appliance import daemon
+
+    s = _settings()
+    if daemon.systemd_is_pid1():
+        cmd = ["journalctl", "-u", SERVICE_NAME, "-n", str(lines)] + (["-f"] if follow else [])
+        sys.exit(subprocess.call(cmd))
+    try:
+        for line in daemon.follow_log(_logfile(s), lines=lines, follow=follow):
+            out.print(line, markup=False, highlight=False)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- access ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--server", required=True, help="Supervisor API URL, e.g. https://lab:6443")
+@click.option("-u", "--username", required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure-skip-tls-verify", is_flag=True)
+@click.option("--ca-file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--kubeconfig", "kubeconfig_path", type=click.Path(dir_okay=False),
+              default=lambda: os.environ.get("KUBECONFIG", "").split(":")[0] or
+              str(Path.home() / ".kube" / "config"))
+def login(server: str, username: str, password_stdin: bool, insecure_skip_tls_verify: bool,
+          ca_file: str | None, kubeconfig_path: str) -> None:
+    """Log in like `kubectl vsphere login`: a token and a context per namespace."""
+    from appliance.client import ApiClient
+
+    server = server.rstrip("/")
+    if not server.startswith("https://"):
+        raise click.ClickException("--server must be an https:// URL")
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else \
+        (os.environ.get("LAB_PASSWORD") or getpass.getpass(f"Password for {username}: "))
+    if not ca_file and not insecure_skip_tls_verify:
+        local_ca = _settings().pki_dir / "ca.crt"
+        if local_ca.exists():  # on the lab host itself: trust the supervisor's own CA
+            ca_file = str(local_ca)
+    client = ApiClient(server, ca_file=ca_file)
+    if insecure_skip_tls_verify:
+        client.session.verify = False
+        import urllib3
+
+        urllib3.disable_warnings()
+    try:
+        reply = client.login(username, password)
+    except errors.ApiError as err:
+        raise click.ClickException(f"login failed: {err.message}") from err
+    except requests.exceptions.SSLError as exc:
+        raise click.ClickException(
+            f"the certificate of {server} is not trusted: pass --ca-file with the supervisor "
+            f"CA (GET {server}/ca.crt, or pki/ca.crt in the lab's state directory) or "
+            f"--insecure-skip-tls-verify") from exc
+    except requests.RequestException as exc:
+        raise click.ClickException(f"cannot reach {server}: {exc.__class__.__name__}") from exc
+    ca_pem = Path(ca_file).read_bytes() if ca_file else None
+    namespaces = list(reply.get("namespaces") or [])
+    config = kubeconfig.build(server, reply["user"], reply["token"], namespaces, ca_pem,
+                              insecure=insecure_skip_tls_verify)
+    path = Path(kubeconfig_path)
+    kubeconfig.write(path, kubeconfig.merge(kubeconfig.load(path), config))
+    out.print(f"Logged in as {reply['user']} (token expires {reply['expiresAt']}).")
+    if namespaces:
+        out.print("You have access to these contexts:")
+        for ns in namespaces:
+            out.print(f"   {ns}")
+        out.print(f"Switch with: kubectl config use-context {namespaces[0]}")
+    else:
+        out.print("You have no namespaces yet; ask an administrator to grant you one.")
+
+
+@main.command("kubeconfig")
+@click.option("--admin", is_flag=True, help="Print the path of the administrator's kubeconfig.")
+def kubeconfig_cmd(admin: bool) -> None:
+    """Where kubeconfigs are."""
+    s = _settings()
+    if not admin:
+        raise click.ClickException("use --admin (guest-cluster kubeconfigs come with TKC)")
+    if not s.admin_kubeconfig_path.exists():
+        raise click.ClickException("no admin kubeconfig yet: run `lab up` first")
+    out.print(str(s.admin_kubeconfig_path))
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Manage supervisor users (run on the lab host, as root)."""
+
+
+def _open_supervisor() -> Any:
+    from appliance.service import Supervisor
+
+    return Supervisor.open(_settings())
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True)
+@click.option("--admin", is_flag=True, help="Make the user a supervisor administrator.")
+def user_add(name: str, password_stdin: bool, admin: bool) -> None:
+    from appliance.auth import users
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else \
+        getpass.getpass(f"Password for {name}: ")
+    sup = _open_supervisor()
+    try:
+        with sup.store.write() as txn:
+            users.create_user(txn.session, name, password, [users.ADMINS] if admin else [])
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"[green]✓[/] user {name} created")
+
+
+@user.command("list")
+def user_list() -> None:
+    from appliance.auth import users
+
+    sup = _open_supervisor()
+    with sup.store.read() as txn:
+        for u in users.list_users(txn.session):
+            out.print(f"{u.name}\t{','.join(u.groups) or '-'}")
+
+
+@user.command("delete")
+@click.argument("name")
+def user_delete(name: str) -> None:
+    from appliance.auth import users
+
+    sup = _open_supervisor()
+    try:
+        with sup.store.write() as txn:
+            users.delete_user(txn.session, name)
+    except users.UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"[green]✓[/] user {name} deleted")
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("username")
+@click.argument("role", type=click.Choice(["owner", "edit", "view"]))
+def grant(namespace: str, username: str, role: str) -> None:
+    """Give USERNAME the vSphere role ROLE in NAMESPACE."""
+    from appliance.auth import bootstrap
+
+    from appliance.objects import SYSTEM
+
+    sup = _open_supervisor()
+    try:
+        bootstrap.grant(sup.service, SYSTEM, namespace, username, role)
+    except errors.ApiError as err:
+        raise click.ClickException(err.message) from err
+    console.print(f"[green]✓[/] {username} can {role} in {namespace}")
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--skip-deps", is_flag=True, help="Do not run playbooks/test-deps.yml.")
+def test(pytest_args: tuple[str, ...], skip_deps: bool) -> None:
+    """Install what the tests need, then run the whole suite (args go to pytest)."""
+    s = _settings()
+    if not skip_deps:
+        from appliance.ansible import run_playbook
+
+        with console.status("installing test dependencies (playbooks/test-deps.yml)"):
+            result = run_playbook(s, "test-deps.yml", {"lab_cache_dir": str(s.cache_dir)})
+        if result.status != "successful":
+            first = result.failures[0] if result.failures else None
+            raise click.ClickException(
+                f"test-deps.yml failed: {first.task}: {first.message}" if first else
+                f"test-deps.yml failed (rc={result.rc})")
+        console.print("[green]✓[/] test dependencies installed")
+    cmd = [sys.executable, "-m", "pytest", *pytest_args]
+    console.print("running: " + " ".join(cmd[1:]))
+    rc = subprocess.call(cmd, cwd=s.project_root)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""A level-triggered controller loop over the object service.
+
+Each controller names one kind. Its loop lists that kind, reconciles every
+object, then watches for changes and reconciles the object named by each
+event, re-reading it first (level-triggered: the event only says *which*
+object to look at). Every object is also reconciled again after
+``resync`` seconds, so drift outside the store (a domain destroyed with
+virsh) is found even when nothing in the store changed.
+
+Errors follow kopf: :class:`TemporaryError` is retried after its delay,
+:class:`PermanentError` waits for the object to change. Both are expected
+to have been written to the object's conditions by the reconciler.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from appliance import errors
+from appliance.kinds.registry import Obj
+from appliance.objects import SYSTEM, ObjectService, Target
+
+LOG = logging.getLogger(__name__)
+
+
+class TemporaryError(Exception):
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    pass
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    key: tuple[str, str] = field(compare=False)
+
+
+class WorkQueue:
+    """Keys due at a time; a key queued twice runs once, at the earlier time."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Item] = []
+        self._due: dict[tuple[str, str], float] = {}
+        self._cond = threading.Condition()
+
+    def add(self, key: tuple[str, str], delay: float = 0.0) -> None:
+        due = time.monotonic() + delay
+        with self._cond:
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
+            heapq.heappush(self._heap, _Item(due, key))
+            self._cond.notify()
+
+    def get(self, stop: threading.Event, timeout: float = 1.0) -> tuple[str, str] | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not stop.is_set():
+                while self._heap and self._due.get(self._heap[0].key) != self._heap[0].due:
+                    heapq.heappop(self._heap)  # superseded entry
+                now = time.monotonic()
+                if self._heap and self._heap[0].due <= now:
+                    item = heapq.heappop(self._heap)
+                    del self._due[item.key]
+                    return item.key
+                wait = min(deadline - now, (self._heap[0].due - now) if self._heap else timeout)
+                if wait <= 0:
+                    return None
+                self._cond.wait(wait)
+        return None
+
+
+class Controller:
+    """Subclasses set ``group``, ``plural``, ``version`` and implement ``reconcile``."""
+
+    group = ""
+    plural = ""
+    version = "v1"
+    resync = 60.0
+    name = "controller"
+
+    def __init__(self, service: ObjectService) -> None:
+        self.service = service
+        kind = service.registry.by_group_plural(self.group, self.plural)
+        if kind is None:
+            raise ValueError(f"{self.plural}.{self.group} is not registered")
+        self.kind = kind
+        self.queue = WorkQueue()
+
+    def target(self, namespace: str = "", name: str = "", sub: str = "") -> Target:
+        return Target(self.kind, self.version, namespace, name, sub)
+
+    def reconcile(self, obj: Obj) -> float | None:
+        """Bring the world in line with ``obj``; return seconds until the next look."""
+        raise NotImplementedError
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        threading.Thread(target=self._feed, args=(stop,), name=f"{self.name}-watch",
+                         daemon=True).start()
+        while not stop.is_set():
+            key = self.queue.get(stop)
+            if key is not None:
+                self._process(key)
+
+    def _process(self, key: tuple[str, str]) -> None:
+        namespace, name = key
+        try:
+            obj = self.service.get(SYSTEM, self.target(namespace, name))
+        except errors.ApiError as err:
+            if err.code != 404:
+                LOG.warning("[%s/%s] %s: read failed: %s", namespace, name, self.name, err)
+                self.queue.add(key, 5.0)
+            return
+        try:
+            again = self.reconcile(obj)
+        except TemporaryError as exc:
+            LOG.info("[%s/%s] %s: %s (retry in %.0fs)", namespace, name, self.name, exc,
+                     exc.delay)
+            self.queue.add(key, exc.delay)
+        except PermanentError as exc:
+            LOG.warning("[%s/%s] %s: %s", namespace, name, self.name, exc)
+        except errors.ApiError as err:
+            delay = 0.2 if err.code == 409 else 5.0
+            LOG.info("[%s/%s] %s: %s (retry in %.1fs)", namespace, name, self.name, err, delay)
+            self.queue.add(key, delay)
+        except Exception:  # noqa: BLE001 - a bug in one object must not stop the loop
+            LOG.exception("[%s/%s] %s: reconcile crashed", namespace, name, self.name)
+            self.queue.add(key, 10.0)
+        else:
+            self.queue.add(key, self.resync if again is None else again)
+
+    def _feed(self, stop: threading.Event) -> None:
+        """List, then watch; on any failure list again."""
+        while not stop.is_set():
+            try:
+                listed = self.service.list(SYSTEM, self.target())
+                for obj in listed.items:
+                    self.queue.add(_key(obj))
+                for ev in self.service.watch(SYSTEM, self.target(), listed.resource_version,
+                                             timeout=300, heartbeat=1.0):
+                    if stop.is_set():
+                        return
+                    if ev is not None and ev.type in ("ADDED", "MODIFIED", "DELETED"):
+                        self.queue.add(_key(ev.obj))
+            except errors.ApiError as err:
+                LOG.info("%s: watch ended (%s); listing again", self.name, err)
+                stop.wait(1.0)
+            except Exception:  # noqa: BLE001
+                LOG.exception("%s: watch failed; listing again", self.name)
+                stop.wait(5.0)
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace", ""), meta.get("name", "")

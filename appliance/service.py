@@ -1,0 +1,224 @@
+"""The host service: supervisor API, dashboard, controllers and host agent.
+
+``lab serve`` runs this in the foreground; ``lab up`` runs it as a systemd
+unit or as a daemon. Start-up order: database and migrations, bootstrap
+objects (RBAC, administrator), PKI, then the HTTPS servers, then the
+controllers and the host agent, which talk to the API like any client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from appliance import kubeconfig
+from appliance.agent.agent import HostAgent
+from appliance.api.app import ApiApp
+from appliance.auth import bootstrap, users
+from appliance.client import ApiClient
+from appliance.controllers.base import Controller
+from appliance.controllers.namespace import NamespaceController
+from appliance.kinds import default_registry
+from appliance.objects import ObjectService
+from appliance.pki import Pki, ensure_pki
+from appliance.settings import Settings
+from appliance.store.db import make_engine, migrate
+from appliance.store.repo import Store
+
+LOG = logging.getLogger(__name__)
+
+ADMIN_TOKEN_TTL = 30 * 24 * 3600
+NODE_TOKEN_TTL = 365 * 24 * 3600
+
+
+@dataclass
+class Supervisor:
+    """The in-process core shared by the API, the dashboard and the controllers."""
+
+    settings: Settings
+    store: Store
+    service: ObjectService
+
+    @classmethod
+    def open(cls, settings: Settings) -> Supervisor:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.state_dir, 0o700)
+        engine = make_engine(settings.effective_database_url)
+        migrate(engine)
+        store = Store(engine, history=settings.watch_history)
+        service = ObjectService(store, default_registry())
+        return cls(settings, store, service)
+
+    def bootstrap(self) -> str | None:
+        bootstrap.ensure_rbac(self.service)
+        return bootstrap.ensure_admin(self.service)
+
+
+def local_addresses() -> list[str]:
+    addrs = {"127.0.0.1"}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            addrs.add(str(info[4][0]))
+    except OSError:
+        pass
+    return sorted(a for a in addrs if not a.startswith("fe80"))
+
+
+def primary_address() -> str:
+    """The address other machines would use to reach this host (no traffic is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: connect() on UDP only picks a route
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class HostService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.servers: list[wsgi.Server] = []
+        self.threads: list[threading.Thread] = []
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        s = self.settings
+        for d in (s.state_dir, s.log_dir, s.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        sup = Supervisor.open(s)
+        self.supervisor = sup
+        password = sup.bootstrap()
+        if password is not None:
+            write_secret_file(s.admin_credentials_path,
+                              f"user: {bootstrap.ADMIN_USER}\npassword: {password}\n")
+            # `lab up` shows the password once, then deletes this marker.
+            write_secret_file(s.run_dir / "admin-password-unshown", "")
+        host = s.public_host or socket.gethostname()
+        addr = primary_address()
+        pki = ensure_pki(s.pki_dir, [host, "localhost"],
+                         sorted({*local_addresses(), addr}))
+        self.pki = pki
+        api = ApiApp(sup.service, sup.service.registry, token_ttl=s.token_ttl_seconds,
+                     max_body=s.max_body_bytes, server_address=f"{addr}:{s.api_port}",
+                     ready=self.ready.is_set, ca_pem=pki.ca_pem())
+        self.api = api
+        self._serve(api, s.api_port, "api")
+        self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")
+        self._write_admin_kubeconfig(sup, pki)
+        self._start_controllers(sup)
+        self._start_agent(sup, pki, host, addr)
+        self.ready.set()
+        LOG.info("host service ready: API https://%s:%d, dashboard https://%s:%d", addr,
+                 s.api_port, addr, s.dashboard_port)
+
+    def _dashboard(self, sup: Supervisor) -> Any:
+        from web import create_app
+
+        return create_app(supervisor=sup)
+
+    def _serve(self, app: Any, port: int, name: str) -> None:
+        server = wsgi.Server((self.settings.api_bind, port), app, numthreads=96,
+                             server_name=f"pacific-lab-{name}", timeout=60,
+                             shutdown_timeout=2)
+        server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),
+                                               str(self.pki.server_key))
+        server.prepare()
+        thread = threading.Thread(target=server.serve, name=f"{name}-server", daemon=True)
+        thread.start()
+        self.servers.append(server)
+        self.threads.append(thread)
+
+    def _write_admin_kubeconfig(self, sup: Supervisor, pki: Pki) -> None:
+        with sup.store.write() as txn:
+            token, _ = users.issue_token(txn.session, bootstrap.ADMIN_USER, ADMIN_TOKEN_TTL)
+        server = f"https://127.0.0.1:{self.settings.api_port}"
+        config = kubeconfig.build(server, bootstrap.ADMIN_USER, token, [], pki.ca_pem())
+        kubeconfig.write(self.settings.admin_kubeconfig_path, config)
+
+    def _start_controllers(self, sup: Supervisor) -> None:
+        controllers: list[Controller] = [NamespaceController(sup.service)]
+        for c in controllers:
+            self._thread(c.run, c.name)
+        self._thread(self._housekeeping, "housekeeping")
+
+    def _housekeeping(self, stop: threading.Event) -> None:
+        while not stop.wait(60.0):
+            try:
+                self.supervisor.store.compact()
+                with self.supervisor.store.write() as txn:
+                    users.purge_expired_tokens(txn.session)
+            except Exception:  # noqa: BLE001
+                LOG.exception("housekeeping failed")
+
+    def _start_agent(self, sup: Supervisor, pki: Pki, host: str, addr: str) -> None:
+        facts = load_facts(self.settings)
+        facts.setdefault("hostname", host)
+        facts.setdefault("address", addr)
+        node_user = f"system:node:{facts['hostname']}"
+        with sup.store.write() as txn:
+            if not users.user_exists(txn.session, node_user):
+                import secrets
+
+                users.create_user(txn.session, node_user, secrets.token_urlsafe(24),
+                                  [users.NODES])
+            token, _ = users.issue_token(txn.session, node_user, NODE_TOKEN_TTL)
+        client = ApiClient(f"https://127.0.0.1:{self.settings.api_port}", token,
+                           str(pki.ca_cert))
+        self._thread(HostAgent(client, facts).run, "host-agent")
+
+    def _thread(self, fn: Any, name: str) -> None:
+        t = threading.Thread(target=fn, args=(self.stop,), name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for server in self.servers:
+            server.stop()
+
+    def run_forever(self) -> None:
+        def _stop(signum: int, _frame: Any) -> None:
+            LOG.info("signal %d: shutting down", signum)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.start()
+        self.stop.wait()
+        self.shutdown()
+
+
+def load_facts(settings: Settings) -> dict[str, Any]:
+    try:
+        data = json.loads(settings.host_facts_path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        from hypervisor.hostfacts import probe_host
+
+        try:
+            return probe_host(settings.state_dir).to_dict()  # type: ignore[call-arg]
+        except Exception:  # noqa: BLE001 - facts are informative; the host still registers
+            LOG.warning("host facts unavailable; registering with what is known")
+            return {"hostname": socket.gethostname(), "cpus": os.cpu_count() or 1}
