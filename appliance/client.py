@@ -25,6 +25,9 @@ class ApiClient:
 
     def __post_init__(self) -> None:
         self.session = requests.Session()
+        # Ignore REQUESTS_CA_BUNDLE and proxy variables: they would silently
+        # replace the supervisor's CA that was asked for here.
+        self.session.trust_env = False
         self.session.verify = self.ca_file if self.ca_file else True
         if self.token:
             self.session.headers["Authorization"] = f"Bearer {self.token}"

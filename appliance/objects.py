@@ -315,6 +315,8 @@ class ObjectService:
             if rv and rv != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(t.plural, t.group, t.name)
             stored = self._store_update(txn, user, t, current, obj)
+            if opts.dry_run:
+                stored["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return Result(t.kind.convert_from_storage(stored, t.version), False, warnings)
 
     def patch(self, user: UserInfo, t: Target, content_type: str, patch_body: Any,
@@ -362,6 +364,8 @@ class ObjectService:
             if rv and rv != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(t.plural, t.group, t.name)
             stored = self._store_update(txn, user, t, current, patched)
+            if opts.dry_run:
+                stored["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return Result(kind.convert_from_storage(stored, t.version), False, warnings)
 
     def _apply_patch(self, t: Target, live: Obj, content_type: str, patch_body: Any) -> Obj:

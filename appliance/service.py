@@ -144,7 +144,11 @@ class HostService:
                              shutdown_timeout=2)
         server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),
                                                str(self.pki.server_key))
-        server.prepare()
+        try:
+            server.prepare()
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {self.settings.api_bind}:{port} for the "
+                               f"{name}: {exc}") from exc
         thread = threading.Thread(target=server.serve, name=f"{name}-server", daemon=True)
         thread.start()
         self.servers.append(server)
@@ -193,10 +197,17 @@ class HostService:
         t.start()
         self.threads.append(t)
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop accepting requests; give open requests ``grace`` seconds.
+
+        Every acknowledged write is already committed, so nothing is lost by
+        not waiting for long-lived watches to end."""
         self.stop.set()
-        for server in self.servers:
-            server.stop()
+        stoppers = [threading.Thread(target=srv.stop, daemon=True) for srv in self.servers]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join(grace)
 
     def run_forever(self) -> None:
         def _stop(signum: int, _frame: Any) -> None:
@@ -205,9 +216,17 @@ class HostService:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        self.start()
+        try:
+            self.start()
+        except Exception as exc:  # noqa: BLE001 - reported, then a hard exit
+            LOG.error("host service failed to start: %s", exc, exc_info=True)
+            self.shutdown()
+            logging.shutdown()
+            os._exit(1)  # cheroot's worker threads are not daemon threads
         self.stop.wait()
         self.shutdown()
+        logging.shutdown()
+        os._exit(0)  # worker threads blocked on idle keep-alive sockets must not hold us
 
 
 def load_facts(settings: Settings) -> dict[str, Any]:

@@ -31,6 +31,12 @@ LEGACY_COUNTS = {"pods", "configmaps", "secrets", "services", "resourcequotas",
 ALIASES = {"cpu": "requests.cpu", "memory": "requests.memory"}
 
 
+def _fmt(amount: Decimal, resource: str) -> str:
+    """Format usage as Kubernetes does: binary suffixes for memory and storage."""
+    binary = resource.endswith(("memory", "storage"))
+    return format_quantity(amount, "memory" if binary else "")
+
+
 def count_names(kind: Kind) -> list[str]:
     names = [f"count/{kind.qualified_plural}"]
     if kind.group == "" and kind.plural in LEGACY_COUNTS:
@@ -98,8 +104,8 @@ def check(txn: WriteTxn, registry: Registry, kind: Kind, namespace: str, name: s
         over = [k for k in sorted(hard) if k in delta
                 and current[k] + delta[k] > parse_quantity(hard[k])]
         if over:
-            requested = ",".join(f"{k}={format_quantity(delta[k], k)}" for k in over)
-            used = ",".join(f"{k}={format_quantity(current[k], k)}" for k in over)
+            requested = ",".join(f"{k}={_fmt(delta[k], k)}" for k in over)
+            used = ",".join(f"{k}={_fmt(current[k], k)}" for k in over)
             limited = ",".join(f"{k}={hard[k]}" for k in over)
             raise errors.forbidden(
                 f'{kind.qualified_plural} "{name}" is forbidden: exceeded quota: '
@@ -118,7 +124,7 @@ def refresh(txn: WriteTxn, registry: Registry, namespace: str,
     for quota in quotas:
         hard = dict((quota.get("spec") or {}).get("hard") or {})
         status = {"hard": hard,
-                  "used": {k: format_quantity(current[k], k) for k in sorted(hard)}}
+                  "used": {k: _fmt(current[k], k) for k in sorted(hard)}}
         if quota.get("status") != status:
             quota["status"] = status
             key = Key("", "resourcequotas", namespace, quota["metadata"]["name"])

@@ -1,0 +1,133 @@
+"""A real host service on loopback, for API and end-to-end tests.
+
+It is started as its own process (``python -m appliance.cli serve``) with a
+state directory under the test's temporary directory, exactly as ``lab up``
+starts it, so tests exercise the real HTTPS server, database and controllers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LabServer:
+    def __init__(self, state_dir: Path, database_url: str = "", extra_env: dict[str, str] | None
+                 = None) -> None:
+        self.state_dir = state_dir
+        self.api_port = free_port()
+        self.dashboard_port = free_port()
+        self.database_url = database_url
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "test-service.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
+        env.update({"LAB_STATE_DIR": str(self.state_dir), "LAB_API_PORT": str(self.api_port),
+                    "LAB_DASHBOARD_PORT": str(self.dashboard_port), "LAB_API_BIND": "127.0.0.1",
+                    "LAB_PUBLIC_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)})
+        if self.database_url:
+            env["LAB_DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.state_dir / "pki" / "ca.crt")
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    def start(self, timeout: float = 60) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"host service exited: {self.log_tail()}")
+            try:
+                if requests.get(self.url + "/readyz", verify=False, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"host service not ready in {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def lab(self, *args: str, input: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "appliance.cli", *args], env=self.env,
+                              input=input, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lab {' '.join(args)} failed: {proc.stderr}{proc.stdout}")
+        return proc
+
+    def add_user(self, name: str, password: str, admin: bool = False) -> None:
+        self.lab("user", "add", name, "--password-stdin", *(["--admin"] if admin else []),
+                 input=password + "\n")
+
+    def login(self, name: str, password: str) -> dict[str, Any]:
+        r = requests.post(self.url + "/login", auth=(name, password), verify=self.ca_file,
+                          timeout=30)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def admin_token(self) -> str:
+        config = yaml.safe_load(self.admin_kubeconfig.read_text())
+        return str(config["users"][0]["user"]["token"])
+
+    def kubeconfig(self, path: Path, token: str, namespace: str = "") -> Path:
+        ctx: dict[str, Any] = {"cluster": "lab", "user": "u"}
+        if namespace:
+            ctx["namespace"] = namespace
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+                  "clusters": [{"name": "lab", "cluster": {
+                      "server": self.url, "certificate-authority-data":
+                          base64.b64encode(Path(self.ca_file).read_bytes()).decode()}}],
+                  "users": [{"name": "u", "user": {"token": token}}],
+                  "contexts": [{"name": "c", "context": ctx}]}
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
