@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from appliance import errors
-from appliance.api import discovery, openapi
+from appliance.api import discovery, openapi, openapi_v2
 from appliance.api.bodies import parse_body, read_limited
 from appliance.api.reviews import access_review, rules_review
 from appliance.api.table import to_table
@@ -278,6 +278,14 @@ class ApiApp:
         table_version = self.table_version(request)
         include = args.get("includeObject", "Metadata")
         bookmarks = args.get("allowWatchBookmarks") in ("true", "1")
+        # While a watch is idle we write something now and then, or a client that
+        # went away would hold a server thread until the watch times out. Go
+        # clients (kubectl, client-go) skip whitespace between events; others
+        # (the Python client yields None for a blank line) only get bookmarks,
+        # and only when they asked for them.
+        agent = request.headers.get("User-Agent", "")
+        whitespace_ok = agent.startswith("kubectl") or "Go-http-client" in agent or \
+            "kubernetes/" in agent
 
         def stream() -> Iterator[bytes]:
             first = True
@@ -286,7 +294,10 @@ class ApiApp:
             try:
                 for ev in events:
                     if ev is None:  # idle: write something to notice a closed connection
-                        yield self._bookmark(t) if bookmarks else b"\n"
+                        if bookmarks:
+                            yield self._bookmark(t)
+                        elif whitespace_ok:
+                            yield b"\n"
                         continue
                     obj = ev.obj
                     if table and ev.type != "ERROR":
@@ -378,7 +389,8 @@ class ApiApp:
 
     def openapi(self, parts: list[str]) -> Response:
         if parts == ["v2"]:
-            return Response(b"", status=200, content_type=openapi.PROTOBUF_V2)
+            return Response(openapi_v2.document(self.registry), status=200,
+                            content_type=openapi.PROTOBUF_V2)
         if parts == ["v3"]:
             return _json(openapi.index(self.registry))
         if len(parts) >= 3 and parts[0] == "v3":
@@ -396,7 +408,16 @@ class ApiApp:
 
     def read_body(self, request: Request) -> Any:
         raw = read_limited(request.stream, request.content_length, self.max_body)
-        return parse_body(raw, request.content_type or "application/json")
+        ctype = request.content_type or "application/json"
+        if ctype.split(";")[0].strip() == "application/vnd.kubernetes.protobuf":
+            # kubectl >= 1.33 sends built-in kinds as protobuf; we answer in JSON.
+            from appliance.api import protobuf
+
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise errors.ApiError(415, "UnsupportedMediaType", str(exc)) from exc
+        return parse_body(raw, ctype)
 
     def write_options(self, request: Request, force: bool = False) -> WriteOptions:
         args = request.args

@@ -1,6 +1,6 @@
 """OpenAPI documents: enough for kubectl's validation and `kubectl explain`.
 
-- ``/openapi/v2`` answers 200 with an empty protobuf document: kubectl <= 1.28
+- ``/openapi/v2`` answers with a small protobuf document (see openapi_v2.py): kubectl <= 1.28
   then finds no schema and leaves validation to the server.
 - ``/openapi/v3`` lists one document per group-version; each carries the
   kinds' real schemas and a PATCH operation with the

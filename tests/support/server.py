@@ -73,14 +73,25 @@ class LabServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"host service exited: {self.log_tail()}")
-            try:
-                if requests.get(self.url + "/readyz", verify=False, timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
+                    raise RuntimeError(f"host service exited: {self.log_tail()}")
+            if self.ready():
+                return
             time.sleep(0.2)
+        self.kill()
         raise RuntimeError(f"host service not ready in {timeout}s: {self.log_tail()}")
+
+    def ready(self) -> bool:
+        if not Path(self.ca_file).exists():
+            return False
+        session = requests.Session()
+        session.trust_env = False
+        try:
+            return session.get(self.url + "/readyz", verify=self.ca_file,
+                               timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+        finally:
+            session.close()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -109,8 +120,10 @@ class LabServer:
                  input=password + "\n")
 
     def login(self, name: str, password: str) -> dict[str, Any]:
-        r = requests.post(self.url + "/login", auth=(name, password), verify=self.ca_file,
-                          timeout=30)
+        session = requests.Session()
+        session.trust_env = False
+        r = session.post(self.url + "/login", auth=(name, password), verify=self.ca_file,
+                         timeout=30)
         r.raise_for_status()
         return dict(r.json())
 
