@@ -22,7 +22,7 @@ from appliance import errors, kubeconfig
 from appliance.settings import Settings, load_settings
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True, highlight=False)
 
 SERVICE_NAME = "pacific-lab"
 
@@ -111,16 +111,27 @@ def _start_service(s: Settings) -> None:
     console.print(f"[green]✓[/] host service running (pid {pid}, logs in {_logfile(s)})")
 
 
+def _api_ready(s: Settings) -> bool:
+    ca = s.pki_dir / "ca.crt"
+    if not ca.exists():
+        return False
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        return session.get(f"https://127.0.0.1:{s.api_port}/readyz", verify=str(ca),
+                           timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+    finally:
+        session.close()
+
+
 def _wait_ready(s: Settings, timeout: int) -> None:
-    url = f"https://127.0.0.1:{s.api_port}/readyz"
     deadline = time.monotonic() + timeout
     with console.status("waiting for the supervisor API"):
         while time.monotonic() < deadline:
-            try:
-                if requests.get(url, verify=False, timeout=2).status_code == 200:  # noqa: S501
-                    return
-            except requests.RequestException:
-                pass
+            if _api_ready(s):
+                return
             if not _running(s):
                 raise click.ClickException(f"the host service exited; see `lab logs` "
                                            f"({_logfile(s)})")
@@ -189,12 +200,8 @@ def status() -> None:
     running = _running(s)
     out.print(f"host service: {'running' if running else 'stopped'}")
     if running:
-        try:
-            r = requests.get(f"https://127.0.0.1:{s.api_port}/readyz", verify=False, timeout=3)
-            out.print(f"API: {'ready' if r.status_code == 200 else 'not ready'} "
-                      f"(https://127.0.0.1:{s.api_port})")
-        except requests.RequestException as exc:
-            out.print(f"API: not answering ({exc.__class__.__name__})")
+        out.print(f"API: {'ready' if _api_ready(s) else 'not ready'} "
+                  f"(https://127.0.0.1:{s.api_port})")
     facts = load_facts(s) if s.host_facts_path.exists() else {}
     if facts:
         out.print(f"accelerator: {facts.get('accelerator')}  OVS datapath: "

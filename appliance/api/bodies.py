@@ -66,8 +66,20 @@ def parse_body(raw: bytes, content_type: str) -> Any:
     return parse_json(raw)
 
 
+#: Bodies up to this many times the limit are read and discarded before the
+#: 413 answer, so that the client, still sending, gets to read it.
+DRAIN_FACTOR = 8
+
+
 def read_limited(stream: Any, content_length: int | None, limit: int) -> bytes:
     if content_length is not None and content_length > limit:
+        if content_length <= DRAIN_FACTOR * limit:
+            left = content_length
+            while left > 0:
+                chunk = stream.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
         raise errors.too_large(limit)
     data = stream.read(limit + 1) if content_length is None else stream.read(content_length)
     if len(data) > limit:
