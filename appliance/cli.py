@@ -76,7 +76,7 @@ def _prepare_host(s: Settings) -> None:
                 status.update(f"preparing the host: {task}")
         try:
             facts = prepare_host(s, on_event=on_event)
-        except Exception as exc:  # noqa: BLE001 - shown as one line
+        except Exception as exc:
             raise click.ClickException(f"host preparation failed: {exc}") from exc
     accel = facts.get("accelerator", "?") if isinstance(facts, dict) else "?"
     console.print(f"[green]✓[/] host prepared ({accel}, OVS datapath "
@@ -363,7 +363,6 @@ def user_delete(name: str) -> None:
 def grant(namespace: str, username: str, role: str) -> None:
     """Give USERNAME the vSphere role ROLE in NAMESPACE."""
     from appliance.auth import bootstrap
-
     from appliance.objects import SYSTEM
 
     sup = _open_supervisor()

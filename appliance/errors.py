@@ -105,9 +105,9 @@ def too_large(limit: int) -> ApiError:
 
 def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types "
-                    f"include: application/json-patch+json, application/merge-patch+json, "
-                    f"application/apply-patch+yaml")
+                    "the body of the request was in an unknown format - accepted media types "
+                    "include: application/json-patch+json, application/merge-patch+json, "
+                    "application/apply-patch+yaml")
 
 
 def internal(message: str) -> ApiError:

@@ -29,9 +29,13 @@ from appliance.errors import Cause
 from appliance.kinds.registry import AdmissionContext, Kind, Obj, Registry
 from appliance.kinds.schema import apply_defaults, prune_unknown, validate
 from appliance.kinds.smp import StrategicPatchError, strategic_merge
-from appliance.store.repo import Key, ReadTxn, Store, StoreConflict, StoreMissing, WriteTxn
-from appliance.util.labels import LabelSelector, SelectorError, parse_field_selector, \
-    parse_label_selector
+from appliance.store.repo import Key, ReadTxn, Store, WriteTxn
+from appliance.util.labels import (
+    LabelSelector,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+)
 from appliance.util.names import dns1123_label, dns1123_subdomain
 from appliance.util.patch import PatchError, json_patch, merge_patch
 from appliance.util.timefmt import now_rfc3339
@@ -481,9 +485,9 @@ class ObjectService:
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = api_version, kind.kind
         meta = obj.setdefault("metadata", {})
-        if kind.namespaced:
-            if meta.get("namespace") and t.namespace and meta["namespace"] != t.namespace:
-                raise errors.bad_request("the namespace of the provided object does not match "
+        if kind.namespaced and meta.get("namespace") and t.namespace \
+                and meta["namespace"] != t.namespace:
+            raise errors.bad_request("the namespace of the provided object does not match "
                                          "the namespace sent on the request")
         return obj
 

@@ -173,7 +173,7 @@ class HostService:
                 self.supervisor.store.compact()
                 with self.supervisor.store.write() as txn:
                     users.purge_expired_tokens(txn.session)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 LOG.exception("housekeeping failed")
 
     def _start_agent(self, sup: Supervisor, pki: Pki, host: str, addr: str) -> None:
@@ -218,8 +218,8 @@ class HostService:
         signal.signal(signal.SIGINT, _stop)
         try:
             self.start()
-        except Exception as exc:  # noqa: BLE001 - reported, then a hard exit
-            LOG.error("host service failed to start: %s", exc, exc_info=True)
+        except Exception as exc:
+            LOG.exception("host service failed to start: %s", exc)
             self.shutdown()
             logging.shutdown()
             os._exit(1)  # cheroot's worker threads are not daemon threads

@@ -66,12 +66,12 @@ class HostAgent:
         node = node_object(self.facts)
         path = ApiClient.path("", "v1", "nodes")
         try:
-            current = self.client.get(f"{path}/{self.node_name}")
+            self.client.get(f"{path}/{self.node_name}")
         except errors.ApiError as err:
             if err.code != 404:
                 raise
             status = node.pop("status")
-            current = self.client.create(path, node)
+            self.client.create(path, node)
             LOG.info("[node/%s] registered", self.node_name)
             node["status"] = status
         else:

@@ -95,7 +95,7 @@ class ApiApp:
         except HTTPException as exc:
             response = _error(errors.ApiError(exc.code or 500, exc.name.replace(" ", ""),
                                               exc.description or exc.name))
-        except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into 500s
+        except Exception as exc:
             LOG.exception("internal error on %s %s", request.method, request.path)
             response = _error(errors.internal(type(exc).__name__))
         if not response.is_streamed:

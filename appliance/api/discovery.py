@@ -15,9 +15,9 @@ def aggregated_version(accept: str) -> str | None:
     for part in accept.split(","):
         params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip()
                   for p in part.split(";")[1:] if "=" in p}
-        if params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList":
-            if params.get("v") in ("v2", "v2beta1"):
-                return params["v"]
+        if params.get("g") == "apidiscovery.k8s.io" and \
+                params.get("as") == "APIGroupDiscoveryList" and params.get("v") in ("v2", "v2beta1"):
+            return params["v"]
     return None
 
 

@@ -133,7 +133,7 @@ class Controller:
             delay = 0.2 if err.code == 409 else 5.0
             LOG.info("[%s/%s] %s: %s (retry in %.1fs)", namespace, name, self.name, err, delay)
             self.queue.add(key, delay)
-        except Exception:  # noqa: BLE001 - a bug in one object must not stop the loop
+        except Exception:
             LOG.exception("[%s/%s] %s: reconcile crashed", namespace, name, self.name)
             self.queue.add(key, 10.0)
         else:
@@ -155,7 +155,7 @@ class Controller:
             except errors.ApiError as err:
                 LOG.info("%s: watch ended (%s); listing again", self.name, err)
                 stop.wait(1.0)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 LOG.exception("%s: watch failed; listing again", self.name)
                 stop.wait(5.0)
 

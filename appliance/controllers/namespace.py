@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from appliance import errors
+from appliance.controllers.base import Controller
 from appliance.kinds.core import NAMESPACE_FINALIZER
 from appliance.kinds.registry import Obj
 from appliance.objects import SYSTEM, Target
-from appliance.controllers.base import Controller
 
 LOG = logging.getLogger(__name__)
 

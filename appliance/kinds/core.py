@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
 
 from appliance.errors import Cause
 from appliance.kinds.registry import AdmissionContext, Kind, Obj, PrinterColumn, Version
-from appliance.kinds.schema import (CONDITION, array, boolean, integer, map_of, obj, preserve,
-                                    quantity, string, string_map, top_level)
+from appliance.kinds.schema import (
+    CONDITION,
+    array,
+    boolean,
+    integer,
+    map_of,
+    obj,
+    preserve,
+    quantity,
+    string,
+    string_map,
+    top_level,
+)
 
 NAME = PrinterColumn("Name", format="name", json_path=".metadata.name",
                      description="Name must be unique within a namespace.")
