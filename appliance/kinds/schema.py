@@ -44,7 +44,7 @@ def int_or_string(**extra: Any) -> Schema:
 
 def quantity(**extra: Any) -> Schema:
     """A resource.Quantity: a number or a string such as ``2Gi`` or ``500m``."""
-    return {"x-kubernetes-int-or-string": True,
+    return {"x-kubernetes-int-or-string": True, "x-pacific-quantity": True,
             "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
                        r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$", **extra}
 
@@ -182,14 +182,19 @@ def _to_jsonschema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: _to_jsonschema(v) for k, v in schema.items()
-           if not k.startswith("x-kubernetes-") and k not in ("nullable", "default", "format")}
+           if not k.startswith("x-") and k not in ("nullable", "default", "format")}
     if schema.get("x-kubernetes-int-or-string"):
         pattern = out.pop("pattern", None)
-        out["anyOf"] = [{"type": "integer"},
+        # A Quantity also takes any JSON number (YAML `cpu: 0.5`).
+        number = "number" if schema.get("x-pacific-quantity") else "integer"
+        out["anyOf"] = [{"type": number},
                         {"type": "string", **({"pattern": pattern} if pattern else {})}]
-    if schema.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else \
-            [*out["type"], "null"]
+    if schema.get("nullable"):
+        if "type" in out:
+            out["type"] = [out["type"], "null"] if isinstance(out["type"], str) else \
+                [*out["type"], "null"]
+        elif "anyOf" in out:
+            out["anyOf"] = [*out["anyOf"], {"type": "null"}]
     return out
 
 

@@ -79,7 +79,8 @@ def _merge_list(original: Any, patch: list[Any], schema: Schema | None) -> list[
     base = list(original) if isinstance(original, list) else []
     key = (schema or {}).get("x-kubernetes-patch-merge-key")
     if any(isinstance(v, dict) and v.get("$patch") == "replace" for v in patch):
-        return [copy.deepcopy(v) for v in patch if not _is_directive(v)]
+        return [copy.deepcopy(v) for v in patch
+                if not (isinstance(v, dict) and "$patch" in v)]
     if not key:  # a list of scalars merged as a set
         out = list(base)
         for v in patch:
@@ -92,12 +93,12 @@ def _merge_list(original: Any, patch: list[Any], schema: Schema | None) -> list[
             raise StrategicPatchError(f"list elements must be objects with the key {key!r}")
         if key not in element:
             raise StrategicPatchError(f"list element is missing its merge key {key!r}")
+        if element.get("$patch") == "delete":
+            base = [cur for cur in base
+                    if not (isinstance(cur, dict) and cur.get(key) == element[key])]
+            continue
         index = next((i for i, cur in enumerate(base)
                       if isinstance(cur, dict) and cur.get(key) == element[key]), None)
-        if element.get("$patch") == "delete":
-            if index is not None:
-                base.pop(index)
-            continue
         if index is None:
             base.append(_merge_map({}, element, items))
         else:

@@ -201,9 +201,6 @@ def test_quantity_refuses(bad: Any) -> None:
     assert [c.field for c in causes] == ["q"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: schema.quantity() says it accepts 'a number' but "
-                   "is int-or-string, so a JSON number like 0.5 (YAML `cpu: 0.5`) is refused; "
-                   "kube-apiserver's resource.Quantity accepts it for ResourceQuota/Node")
 def test_quantity_accepts_a_fractional_json_number() -> None:
     assert validate({"spec": {"hard": {"cpu": 0.5}}}, RESOURCEQUOTA.storage_version.schema) == []
 
@@ -269,9 +266,6 @@ def test_nullable_metadata_timestamps() -> None:
                                   "deletionTimestamp": None}}, schema) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: schema._to_jsonschema (line ~299) only adds 'null' "
-                   "when the schema has a 'type'; an int-or-string schema has none (anyOf), so "
-                   "nullable=True is lost and null is refused")
 def test_nullable_int_or_string_accepts_null() -> None:
     assert validate({"v": None}, obj({"v": int_or_string(nullable=True)})) == []
 

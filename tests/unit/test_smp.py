@@ -104,9 +104,6 @@ def test_patch_delete_element_of_absent_key_is_a_no_op() -> None:
     assert merge(original, patch) == original
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: smp._merge_list pops only the first element "
-                   "matching the merge key; apimachinery (deleteMatchingEntries) and "
-                   "strategic-merge-patch.md delete every matching entry")
 def test_patch_delete_element_removes_every_entry_with_that_key() -> None:
     original = {"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b"},
                                         {"name": "a", "image": "2"}]}}
@@ -120,10 +117,6 @@ def test_patch_replace_element_replaces_the_whole_list() -> None:
     assert merge(original, patch) == {"spec": {"containers": [{"name": "c", "image": "y"}]}}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with a list-level $patch: replace, smp._merge_list "
-                   "keeps other elements that carry $patch (e.g. a delete directive), so a "
-                   "'$patch' key is stored; apimachinery mergeSliceWithSpecialElements drops "
-                   "every element with a $patch marker")
 def test_patch_replace_list_drops_other_directive_elements() -> None:
     original = {"spec": {"containers": [{"name": "a"}, {"name": "b"}]}}
     patch = {"spec": {"containers": [{"name": "a"}, {"name": "b", "$patch": "delete"},
