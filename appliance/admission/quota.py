@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from appliance import errors
-from appliance.kinds.registry import Kind, Obj, Registry
+from appliance.kinds.registry import Kind, Lookup, Obj, Registry
 from appliance.store.repo import Key, WriteTxn
 from appliance.util.quantity import format_quantity, parse_quantity
 
@@ -44,13 +44,19 @@ def count_names(kind: Kind) -> list[str]:
     return names
 
 
-def consumption(kind: Kind, obj: Obj | None) -> dict[str, Decimal]:
+def _lookup(txn: WriteTxn) -> Lookup:
+    def lookup(group: str, plural: str, namespace: str, name: str) -> Obj | None:
+        return txn.get(Key(group, plural, namespace, name))
+    return lookup
+
+
+def consumption(kind: Kind, obj: Obj | None, lookup: Lookup) -> dict[str, Decimal]:
     """What one object takes from its namespace's quota."""
     if obj is None:
         return {}
     used = {name: Decimal(1) for name in count_names(kind)}
     if kind.consumes is not None:
-        for name, amount in kind.consumes(obj).items():
+        for name, amount in kind.consumes(obj, lookup).items():
             used[name] = used.get(name, Decimal(0)) + Decimal(amount)
     for alias, name in ALIASES.items():
         if name in used:
@@ -76,7 +82,7 @@ def usage(txn: WriteTxn, registry: Registry, namespace: str, names: set[str]) ->
         if kind.consumes is None:
             continue
         for obj in txn.iterate(kind.group, kind.plural, namespace):
-            for name, amount in consumption(kind, obj).items():
+            for name, amount in consumption(kind, obj, _lookup(txn)).items():
                 if name in totals and not name.startswith("count/") and name not in LEGACY_COUNTS:
                     totals[name] += amount
     return totals
@@ -90,7 +96,8 @@ def check(txn: WriteTxn, registry: Registry, kind: Kind, namespace: str, name: s
     quotas = _quotas(txn, namespace)
     if not quotas:
         return
-    after, before = consumption(kind, new), consumption(kind, old)
+    after = consumption(kind, new, _lookup(txn))
+    before = consumption(kind, old, _lookup(txn))
     delta = {k: after.get(k, Decimal(0)) - before.get(k, Decimal(0)) for k in after}
     delta = {k: v for k, v in delta.items() if v > 0}
     if not delta:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from appliance import errors
 from appliance.kinds.registry import Obj
-from appliance.objects import SYSTEM, ObjectService, Target
+from appliance.resources import Ref, ResourceApi
 
 LOG = logging.getLogger(__name__)
 
@@ -86,17 +86,16 @@ class Controller:
     version = "v1"
     resync = 60.0
     name = "controller"
+    namespace = ""  # "" watches every namespace
 
-    def __init__(self, service: ObjectService) -> None:
-        self.service = service
-        kind = service.registry.by_group_plural(self.group, self.plural)
-        if kind is None:
-            raise ValueError(f"{self.plural}.{self.group} is not registered")
-        self.kind = kind
+    def __init__(self, api: ResourceApi) -> None:
+        self.api = api
+        self.ref = Ref(self.group, self.version, self.plural)
         self.queue = WorkQueue()
 
-    def target(self, namespace: str = "", name: str = "", sub: str = "") -> Target:
-        return Target(self.kind, self.version, namespace, name, sub)
+    def wants(self, obj: Obj) -> bool:
+        """Whether this controller looks after ``obj`` (a host agent: placed here)."""
+        return True
 
     def reconcile(self, obj: Obj) -> float | None:
         """Bring the world in line with ``obj``; return seconds until the next look."""
@@ -115,11 +114,13 @@ class Controller:
     def _process(self, key: tuple[str, str]) -> None:
         namespace, name = key
         try:
-            obj = self.service.get(SYSTEM, self.target(namespace, name))
+            obj = self.api.get(self.ref, namespace, name)
         except errors.ApiError as err:
             if err.code != 404:
                 LOG.warning("[%s/%s] %s: read failed: %s", namespace, name, self.name, err)
                 self.queue.add(key, 5.0)
+            return
+        if not self.wants(obj):
             return
         try:
             again = self.reconcile(obj)
@@ -143,15 +144,14 @@ class Controller:
         """List, then watch; on any failure list again."""
         while not stop.is_set():
             try:
-                listed = self.service.list(SYSTEM, self.target())
-                for obj in listed.items:
+                items, rv = self.api.list(self.ref, self.namespace)
+                for obj in items:
                     self.queue.add(_key(obj))
-                for ev in self.service.watch(SYSTEM, self.target(), listed.resource_version,
-                                             timeout=300, heartbeat=1.0):
+                for ev in self.api.watch(self.ref, rv, self.namespace, timeout=300):
                     if stop.is_set():
                         return
-                    if ev is not None and ev.type in ("ADDED", "MODIFIED", "DELETED"):
-                        self.queue.add(_key(ev.obj))
+                    if ev is not None and ev[0] in ("ADDED", "MODIFIED", "DELETED"):
+                        self.queue.add(_key(ev[1]))
             except errors.ApiError as err:
                 LOG.info("%s: watch ended (%s); listing again", self.name, err)
                 stop.wait(1.0)

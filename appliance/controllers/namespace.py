@@ -8,7 +8,8 @@ from appliance import errors
 from appliance.controllers.base import Controller
 from appliance.kinds.core import NAMESPACE_FINALIZER
 from appliance.kinds.registry import Obj
-from appliance.objects import SYSTEM, Target
+from appliance.objects import SYSTEM, ObjectService, Target
+from appliance.resources import LocalApi
 
 LOG = logging.getLogger(__name__)
 
@@ -16,6 +17,10 @@ LOG = logging.getLogger(__name__)
 class NamespaceController(Controller):
     group, plural, name = "", "namespaces", "namespace-controller"
     resync = 300.0
+
+    def __init__(self, service: ObjectService) -> None:
+        super().__init__(LocalApi(service))
+        self.service = service
 
     def reconcile(self, obj: Obj) -> float | None:
         meta = obj["metadata"]
@@ -43,6 +48,6 @@ class NamespaceController(Controller):
         finalizers = [f for f in (obj.get("spec") or {}).get("finalizers") or []
                       if f != NAMESPACE_FINALIZER]
         body = dict(obj, spec={**(obj.get("spec") or {}), "finalizers": finalizers})
-        self.service.update(SYSTEM, self.target("", ns, "finalize"), body)
+        self.api.update(self.ref, "", body, subresource="finalize")
         LOG.info("[%s] namespace emptied and finalized", ns)
         return None

@@ -51,13 +51,17 @@ class Version:
     from_storage: Callable[[Obj], Obj] | None = None
 
 
+#: Reads another object during admission: (group, plural, namespace, name).
+Lookup = Callable[[str, str, str, str], "Obj | None"]
+
+
 @dataclass(frozen=True)
 class AdmissionContext:
     """What a kind's validation hook may look at besides the object."""
 
     operation: str  # CREATE, UPDATE, DELETE
     user: str
-    lookup: Callable[[str, str, str, str], Obj | None]  # (group, plural, namespace, name)
+    lookup: Lookup
 
 
 Validator = Callable[[Obj, Obj | None, AdmissionContext], list[Any]]
@@ -79,7 +83,8 @@ class Kind:
     name_rule: str = "subdomain"  # subdomain | label | path
     # Quota: what one object of this kind takes from its namespace
     # (e.g. {"requests.cpu": Decimal(2)}); counts are added by the quota code.
-    consumes: Callable[[Obj], Mapping[str, Decimal]] | None = None
+    # It may read other objects (a VM reads its class) through the lookup.
+    consumes: Callable[[Obj, Lookup], Mapping[str, Decimal]] | None = None
     validate: Validator | None = None
     immutable_fields: tuple[str, ...] = ()  # dotted paths in the storage version
     default_finalizers: tuple[str, ...] = ()

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.errors import ApiError
 from appliance.kinds import default_registry
-from appliance.kinds.registry import Kind, Obj, Version
+from appliance.kinds.registry import Kind, Lookup, Obj, Version
 from appliance.kinds.schema import integer, obj, string, top_level
 from appliance.objects import SYSTEM, ObjectService, Target
 from appliance.store.db import make_engine, migrate
@@ -18,7 +18,7 @@ from appliance.store.repo import Store
 from appliance.util.quantity import parse_quantity
 
 
-def _widget_consumes(o: Obj) -> dict[str, Decimal]:
+def _widget_consumes(o: Obj, _lookup: Lookup) -> dict[str, Decimal]:
     spec = o.get("spec") or {}
     return {"requests.cpu": Decimal(spec.get("cpus", 0)),
             "requests.memory": parse_quantity(spec.get("memory", "0")),
