@@ -373,6 +373,123 @@ def grant(namespace: str, username: str, role: str) -> None:
     console.print(f"[green]✓[/] {username} can {role} in {namespace}")
 
 
+# -- VM classes and the content library ----------------------------------------------------------
+
+
+@main.group("class")
+def class_group() -> None:
+    """VM classes: the catalog and their assignment to namespaces."""
+
+
+@class_group.command("list")
+def class_list() -> None:
+    from appliance.vmservice.catalog import Catalog
+
+    for name in Catalog(_open_supervisor().service).class_names():
+        out.print(name)
+
+
+@class_group.command("assign")
+@click.argument("name")
+@click.argument("namespace")
+def class_assign(name: str, namespace: str) -> None:
+    """Let VMs in NAMESPACE use class NAME."""
+    from appliance.objects import SYSTEM
+    from appliance.vmservice.catalog import Catalog
+
+    try:
+        Catalog(_open_supervisor().service).assign_class(SYSTEM, name, namespace)
+    except errors.ApiError as err:
+        raise click.ClickException(err.message) from err
+    console.print(f"[green]✓[/] class {name} assigned to {namespace}")
+
+
+@main.group("image")
+def image_group() -> None:
+    """The content library: build, import and assign VM images."""
+
+
+def _publish(files: Any) -> None:
+    from appliance.vmservice.catalog import Catalog
+
+    Catalog(_open_supervisor().service).publish_image(
+        files.name, display_name=files.name, capacity_bytes=files.capacity_bytes,
+        size_bytes=files.size_bytes, sha256=files.sha256, os_name=files.os_name,
+        os_version=files.os_version, content_version=files.sha256[:12])
+
+
+def _progress_bar() -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+        "{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=console)
+
+
+def _on_progress(progress: Any, task: Any) -> Any:
+    def update(event: Any) -> None:
+        phase = getattr(event, "phase", None) or getattr(event, "message", None) or "working"
+        fraction = getattr(event, "fraction", None)
+        progress.update(task, description=str(phase),
+                        completed=(fraction * 100) if fraction is not None else None)
+    return update
+
+
+@image_group.command("build")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Rebuild even if a cached build exists.")
+def image_build(name: str, force: bool) -> None:
+    """Build image NAME (debian-12) from Debian's archive and publish it."""
+    from appliance.vmservice.library import LibraryError, build
+
+    s = _settings()
+    try:
+        with _progress_bar() as progress:
+            task = progress.add_task("building", total=100)
+            files = build(s, name, force=force, progress=_on_progress(progress, task))
+            progress.update(task, completed=100, description="built")
+    except (LibraryError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"image build failed: {exc}") from exc
+    _publish(files)
+    console.print(f"[green]✓[/] {name} published (sha256 {files.sha256[:16]}…)")
+
+
+@image_group.command("import")
+@click.argument("source")
+@click.option("--name", required=True, help="Name of the library item.")
+@click.option("--allow-private", is_flag=True,
+              help="Allow URLs that point at private, loopback or this host's addresses.")
+def image_import(source: str, name: str, allow_private: bool) -> None:
+    """Import a qcow2 or raw image from a file or an https:// URL and publish it."""
+    from appliance.vmservice.library import LibraryError, import_image
+
+    s = _settings()
+    try:
+        with _progress_bar() as progress:
+            task = progress.add_task("importing", total=100)
+            files = import_image(s, source, name, allow_private=allow_private,
+                                 progress=_on_progress(progress, task))
+            progress.update(task, completed=100, description="imported")
+    except (LibraryError, ValueError, RuntimeError, OSError) as exc:
+        raise click.ClickException(f"image import failed: {exc}") from exc
+    _publish(files)
+    console.print(f"[green]✓[/] {name} published (sha256 {files.sha256[:16]}…)")
+
+
+@image_group.command("assign")
+@click.argument("name")
+@click.argument("namespace")
+def image_assign(name: str, namespace: str) -> None:
+    """Publish image NAME into NAMESPACE as a VirtualMachineImage."""
+    from appliance.objects import SYSTEM
+    from appliance.vmservice.catalog import Catalog
+
+    try:
+        Catalog(_open_supervisor().service).assign_image(SYSTEM, name, namespace)
+    except errors.ApiError as err:
+        raise click.ClickException(err.message) from err
+    console.print(f"[green]✓[/] image {name} assigned to {namespace}")
+
+
 # -- tests ---------------------------------------------------------------------------------------
 
 

@@ -28,12 +28,15 @@ from appliance.auth import bootstrap, users
 from appliance.client import ApiClient
 from appliance.controllers.base import Controller
 from appliance.controllers.namespace import NamespaceController
+from appliance.controllers.scheduler import VmScheduler
 from appliance.kinds import default_registry
 from appliance.objects import ObjectService
 from appliance.pki import Pki, ensure_pki
+from appliance.resources import LocalApi
 from appliance.settings import Settings
 from appliance.store.db import make_engine, migrate
 from appliance.store.repo import Store
+from appliance.vmservice.catalog import Catalog
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Supervisor:
 
     def bootstrap(self) -> str | None:
         bootstrap.ensure_rbac(self.service)
+        Catalog(self.service).ensure_defaults()
         return bootstrap.ensure_admin(self.service)
 
 
@@ -162,7 +166,11 @@ class HostService:
         kubeconfig.write(self.settings.admin_kubeconfig_path, config)
 
     def _start_controllers(self, sup: Supervisor) -> None:
-        controllers: list[Controller] = [NamespaceController(sup.service)]
+        controllers: list[Controller] = [
+            NamespaceController(sup.service),
+            VmScheduler(LocalApi(sup.service), self.settings.appliance_cidr,
+                        self.settings.cpu_allocation_ratio),
+        ]
         for c in controllers:
             self._thread(c.run, c.name)
         self._thread(self._housekeeping, "housekeeping")

@@ -28,6 +28,12 @@ class Settings:
     token_ttl_seconds: int = 10 * 3600
     max_body_bytes: int = 3 * 1024 * 1024
     watch_history: int = 20000  # watch-log events kept before compaction
+    # The appliance network VMs use until namespace networks take over. The
+    # default is from 198.18.0.0/15 (RFC 2544, benchmarking), which no real
+    # network routes, so lab traffic can never leak onto someone's LAN.
+    appliance_cidr: str = "198.18.0.0/24"
+    appliance_bridge: str = "pacific0"
+    cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler hands out
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -81,6 +87,7 @@ _ENV_FIELDS: dict[str, type] = {
     "state_dir": Path, "cache_dir": Path, "database_url": str, "api_bind": str,
     "api_port": int, "dashboard_port": int, "public_host": str,
     "token_ttl_seconds": int, "max_body_bytes": int, "watch_history": int,
+    "appliance_cidr": str, "appliance_bridge": str, "cpu_allocation_ratio": float,
 }
 
 

@@ -35,7 +35,9 @@ ADMIN_USER = "admin"
 READ = ["get", "list", "watch"]
 WRITE = ["create", "update", "patch", "delete", "deletecollection"]
 #: Kinds that editors may read but not change: the administrator's levers.
-ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings")}
+ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings"),
+              ("vmoperator.vmware.com", "virtualmachineclasses"),
+              ("vmoperator.vmware.com", "virtualmachineimages")}
 #: Kinds hidden from viewers: they carry credentials.
 SECRET_KINDS = {("", "secrets")}
 
@@ -54,10 +56,10 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         status = [f"{kind.plural}/status"] if kind.has_status else []
         if key not in SECRET_KINDS:
             view.append(_rule([kind.group], [kind.plural, *status], READ))
-        if key in ADMIN_ONLY:
-            edit.append(_rule([kind.group], [kind.plural, *status], READ))
-        else:
-            edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ + WRITE))
+        # Status is written by controllers only; people read it.
+        edit.append(_rule([kind.group], [kind.plural, *status], READ))
+        if key not in ADMIN_ONLY:
+            edit.append(_rule([kind.group], [kind.plural, *subs], WRITE))
     owner = [_rule(["*"], ["*"], ["*"])]
     return {OWNER: owner, EDIT: edit, VIEW: view}
 
@@ -72,6 +74,11 @@ def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/openapi",
         "/openapi/*", "/version", "/version/"], "verbs": ["get"]}]
     agent = [_rule([""], ["nodes", "nodes/status"], READ + WRITE),
+             # Bootstrap data of the VMs placed on the host. (Kubernetes narrows this
+             # with its node authorizer; here every host agent may read Secrets.)
+             _rule([""], ["secrets"], ["get"]),
+             # Removing its finalizer once a VM's domain and disks are gone.
+             _rule(["vmoperator.vmware.com"], ["virtualmachines"], ["patch", "update"]),
              _rule([""], ["events"], ["create", "update", "patch"])]
     for kind in registry.kinds:
         if kind.storable and (kind.group, kind.plural) not in SECRET_KINDS:
@@ -80,6 +87,8 @@ def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
                 agent.append(_rule([kind.group], [f"{kind.plural}/status"], ["get", "update",
                                                                               "patch"]))
     roles[HOST_AGENT] = agent
+    roles["pacific:image-viewer"] = [_rule(["vmoperator.vmware.com"],
+                                           ["clustervirtualmachineimages"], READ)]
     return roles
 
 
@@ -89,6 +98,7 @@ CLUSTER_BINDINGS = {
     "system:basic-user": ("system:basic-user", users.AUTHENTICATED),
     "system:discovery": ("system:discovery", users.AUTHENTICATED),
     HOST_AGENT: (HOST_AGENT, users.NODES),
+    "pacific:image-viewer": ("pacific:image-viewer", users.AUTHENTICATED),
 }
 
 

@@ -1,6 +1,6 @@
 """Kinds served by the supervisor API."""
 
-from appliance.kinds import core, rbac
+from appliance.kinds import core, rbac, vmop
 from appliance.kinds.registry import Registry
 
 
@@ -9,4 +9,5 @@ def default_registry() -> Registry:
     registry = Registry()
     registry.extend(core.KINDS)
     registry.extend(rbac.KINDS)
+    registry.extend(vmop.KINDS)
     return registry

@@ -1,0 +1,147 @@
+"""The scheduler: places each VM on a host with room for it, and gives it an address.
+
+It looks at every Ready Node, subtracts what the VMs already placed there take
+(memory in full, vCPUs against the host's CPUs times an allocation ratio),
+and picks the host with the most free memory that fits. The choice and the
+VM's address on the appliance network are written to the VM's status; the
+host agent of the chosen host then builds the VM.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from appliance.controllers.base import Controller
+from appliance.kinds.registry import Obj
+from appliance.kinds.vmop import GROUP, STORAGE
+from appliance.resources import Ref, ResourceApi, get_or_none
+from appliance.util.quantity import parse_quantity
+from appliance.util.timefmt import now_rfc3339
+
+LOG = logging.getLogger(__name__)
+
+NODES = Ref("", "v1", "nodes")
+CLASSES = Ref(GROUP, STORAGE, "virtualmachineclasses")
+PLACED = "VirtualMachineConditionPlacementReady"
+
+
+@dataclass
+class Room:
+    node: str
+    cpu: Decimal
+    memory: Decimal
+
+
+def node_ready(node: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (node.get("status") or {}).get("conditions") or [])
+
+
+def vm_address(vm: Obj) -> str | None:
+    for iface in ((vm.get("status") or {}).get("network") or {}).get("interfaces") or []:
+        for addr in ((iface.get("ip") or {}).get("addresses")) or []:
+            return str(addr.get("address", "")).split("/")[0] or None
+    return None
+
+
+def set_condition(conditions: list[Obj], type_: str, status: str, reason: str,
+                  message: str, generation: int | None = None) -> list[Obj]:
+    """Replace the condition of ``type_``; keep its transition time if the status is unchanged."""
+    out = [c for c in conditions if c.get("type") != type_]
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    cond: Obj = {"type": type_, "status": status, "reason": reason, "message": message,
+                 "lastTransitionTime": since or now_rfc3339()}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    out.append(cond)
+    return sorted(out, key=lambda c: str(c["type"]))
+
+
+class VmScheduler(Controller):
+    group, version, plural, name = GROUP, STORAGE, "virtualmachines", "vm-scheduler"
+    resync = 30.0
+
+    def __init__(self, api: ResourceApi, cidr: str, cpu_ratio: float = 4.0) -> None:
+        super().__init__(api)
+        self.network = ipaddress.ip_network(cidr)
+        self.cpu_ratio = Decimal(str(cpu_ratio))
+
+    def _class_of(self, vm: Obj) -> tuple[Decimal, Decimal] | None:
+        cls = get_or_none(self.api, CLASSES, vm["metadata"]["namespace"],
+                          (vm.get("spec") or {}).get("className", ""))
+        if cls is None:
+            return None
+        hw = (cls.get("spec") or {}).get("hardware") or {}
+        return Decimal(int(hw.get("cpus") or 1)), parse_quantity(hw.get("memory") or "1Gi")
+
+    def rooms(self, vms: list[Obj]) -> list[Room]:
+        nodes, _ = self.api.list(NODES)
+        rooms = {}
+        for node in nodes:
+            if not node_ready(node) or (node.get("spec") or {}).get("unschedulable"):
+                continue
+            alloc = (node.get("status") or {}).get("allocatable") or {}
+            rooms[node["metadata"]["name"]] = Room(
+                node["metadata"]["name"], parse_quantity(alloc.get("cpu", "0")) * self.cpu_ratio,
+                parse_quantity(alloc.get("memory", "0")))
+        for vm in vms:
+            host = (vm.get("status") or {}).get("host")
+            size = self._class_of(vm) if host in rooms else None
+            if size is not None:
+                rooms[host].cpu -= size[0]
+                rooms[host].memory -= size[1]
+        return list(rooms.values())
+
+    def allocate(self, vms: list[Obj]) -> str | None:
+        used = {vm_address(v) for v in vms}
+        hosts = list(self.network.hosts())
+        for addr in hosts[9:]:  # .1 is the gateway; keep the first few for the host
+            if str(addr) not in used:
+                return str(addr)
+        return None
+
+    def reconcile(self, vm: Obj) -> float | None:
+        meta = vm["metadata"]
+        status = vm.get("status") or {}
+        if meta.get("deletionTimestamp") or status.get("host"):
+            return None
+        size = self._class_of(vm)
+        conditions = list(status.get("conditions") or [])
+        if size is None:
+            conditions = set_condition(conditions, PLACED, "False", "ClassNotFound",
+                                       "the VM's class is not in its namespace")
+            self._write(vm, {"conditions": conditions})
+            return 30.0
+        vms, _ = self.api.list(self.ref)
+        fits = [r for r in self.rooms(vms) if r.cpu >= size[0] and r.memory >= size[1]]
+        if not fits:
+            conditions = set_condition(conditions, PLACED, "False", "InsufficientCapacity",
+                                       f"no Ready host has {size[0]} vCPUs and "
+                                       f"{size[1] / 2**20:.0f} MiB free")
+            self._write(vm, {"conditions": conditions})
+            return 15.0
+        room = max(fits, key=lambda r: (r.memory, r.cpu))
+        address = self.allocate(vms)
+        if address is None:
+            conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",
+                                       f"no free address in {self.network}")
+            self._write(vm, {"conditions": conditions})
+            return 30.0
+        gateway = str(next(self.network.hosts()))
+        conditions = set_condition(conditions, PLACED, "True", "Placed",
+                                   f"placed on {room.node} with address {address}")
+        self._write(vm, {"host": room.node, "conditions": conditions, "network": {
+            "interfaces": [{"name": "eth0", "ip": {
+                "addresses": [{"address": f"{address}/{self.network.prefixlen}"}],
+                "gateway4": gateway}}]}})
+        LOG.info("[%s/%s] placed on %s with %s", meta["namespace"], meta["name"], room.node,
+                 address)
+        return None
+
+    def _write(self, vm: Obj, status: Obj) -> None:
+        self.api.patch(self.ref, vm["metadata"]["namespace"], vm["metadata"]["name"],
+                       {"status": status}, subresource="status")
