@@ -33,9 +33,9 @@ rules of the Go structs (``omitempty``, pointers, inlined embedded structs):
   ``map<k, v>`` fields (repeated ``{key = 1; value = 2}`` entries) dicts.
 
 Unknown fields are skipped, as Go's decoder does. Malformed input -- a bad
-magic, truncated data, a known field with the wrong wire type -- and kinds not
-described here raise :class:`ProtobufError` (a ``ValueError``) with a readable
-message.
+magic, truncated data, a known field with the wrong wire type -- raises
+:class:`ProtobufError` (a ``ValueError``) with a readable message; kinds not
+described here raise its subclass :class:`UnsupportedKindError`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ __all__ = [
     "CONTENT_TYPE",
     "MAGIC",
     "ProtobufError",
+    "UnsupportedKindError",
     "decode",
+    "decode_message",
     "is_protobuf",
     "supported_kinds",
 ]
@@ -65,6 +67,12 @@ MAGIC = b"k8s\x00"
 
 class ProtobufError(ValueError):
     """A request body that is not a decodable Kubernetes protobuf object."""
+
+
+class UnsupportedKindError(ProtobufError):
+    """A well-formed body this module cannot decode: a kind it does not describe, or a
+    content encoding/type it does not handle. (kube-apiserver's answer would be 415
+    Unsupported Media Type; malformed bodies are a 400 Bad Request.)"""
 
 
 def is_protobuf(content_type: str | None) -> bool:
@@ -197,6 +205,8 @@ def _define(name: str, spec: str) -> None:
     order of the JSON keys."""
     fields = []
     for line in spec.strip().splitlines():
+        if line.strip().startswith("#"):
+            continue
         parts = line.split()
         number, json_name, type_name, flags = int(parts[0]), parts[1], parts[2], "".join(parts[3:])
         repeated = type_name.startswith("[]")
@@ -231,7 +241,8 @@ _define("ObjectMeta", """
     12 annotations map[string]
     13 ownerReferences []OwnerReference
     14 finalizers []string
-    15 clusterName string
+    # 15 was clusterName, removed in Kubernetes 1.25: skipped like any unknown field, as
+    # kube-apiserver does (emitting it would trip strict field validation)
     17 managedFields []ManagedFieldsEntry
 """)
 _define("OwnerReference", """
@@ -473,7 +484,7 @@ _define("NodeSystemInfo", """
     10 architecture string !
 """)
 _define("ContainerImage", """
-    1 names []string
+    1 names []string !
     2 sizeBytes int64
 """)
 _define("AttachedVolume", """
@@ -988,6 +999,12 @@ _define("PodStatus", """
     8 containerStatuses []ContainerStatus
     9 qosClass string
     13 ephemeralContainerStatuses []ContainerStatus
+    14 resize string
+    15 resourceClaimStatuses []PodResourceClaimStatus
+""")
+_define("PodResourceClaimStatus", """
+    1 name string !
+    2 resourceClaimName string ?
 """)
 _define("PodCondition", """
     1 type string !
@@ -1015,6 +1032,22 @@ _define("ContainerStatus", """
     9 started bool ?
     10 allocatedResources map[Quantity]
     11 resources ResourceRequirements
+    12 volumeMounts []VolumeMountStatus
+    13 user ContainerUser
+""")
+_define("VolumeMountStatus", """
+    1 name string !
+    2 mountPath string !
+    3 readOnly bool
+    4 recursiveReadOnly string ?
+""")
+_define("ContainerUser", """
+    1 linux LinuxContainerUser
+""")
+_define("LinuxContainerUser", """
+    1 uid int64 !
+    2 gid int64 !
+    3 supplementalGroups []int64
 """)
 _define("ContainerState", """
     1 waiting ContainerStateWaiting
@@ -1569,12 +1602,12 @@ def decode(raw: bytes) -> dict[str, Any]:
     if not kind:
         raise ProtobufError("protobuf body names no kind in its envelope")
     if encoding:
-        raise ProtobufError(f"protobuf content encoding {encoding!r} is not supported")
+        raise UnsupportedKindError(f"protobuf content encoding {encoding!r} is not supported")
     if content_type and content_type != CONTENT_TYPE:
-        raise ProtobufError(f"protobuf envelope holds {content_type!r} data, which is not supported")
+        raise UnsupportedKindError(f"protobuf envelope holds {content_type!r} data, which is not supported")
     message = KINDS.get((api_version, kind))
     if message is None:
         gv = api_version or "(no apiVersion)"
-        raise ProtobufError(f"protobuf encoding of {gv} {kind} is not supported; send JSON")
+        raise UnsupportedKindError(f"protobuf encoding of {gv} {kind} is not supported; send JSON")
     body = _message(message, payload, kind)
     return {"kind": kind, "apiVersion": api_version, **body}
