@@ -373,6 +373,106 @@ def grant(namespace: str, username: str, role: str) -> None:
     console.print(f"[green]✓[/] {username} can {role} in {namespace}")
 
 
+# -- reaching VMs -------------------------------------------------------------------------------
+
+
+def _api_from_kubeconfig(kubeconfig_path: str | None) -> tuple[Any, str]:
+    """An ApiClient for the current kubeconfig context (KUBECONFIG or ~/.kube/config)."""
+    import tempfile
+
+    from appliance.client import ApiClient
+
+    path = Path(kubeconfig_path or os.environ.get("KUBECONFIG", "").split(":")[0] or
+                Path.home() / ".kube" / "config")
+    try:
+        ctx = kubeconfig.current(path)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"no usable kubeconfig ({exc}); run `lab login` first") \
+            from exc
+    ca_file = None
+    if ctx["ca_pem"]:
+        fd, ca_file = tempfile.mkstemp(prefix="lab-ca-", suffix=".crt")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(ctx["ca_pem"])
+    client = ApiClient(ctx["server"], ctx["token"], ca_file)
+    if ctx["insecure"]:
+        client.session.verify = False
+    return client, ctx["namespace"]
+
+
+def _split_ref(ref: str, default_ns: str) -> tuple[str, str]:
+    ns, _, name = ref.rpartition("/")
+    return (ns or default_ns), name
+
+
+@main.command("ssh")
+@click.argument("kind", type=click.Choice(["vm"]))
+@click.argument("ref", metavar="NAMESPACE/NAME")
+@click.argument("command", nargs=-1)
+@click.option("--kubeconfig", "kubeconfig_path", default=None)
+def ssh_cmd(kind: str, ref: str, command: tuple[str, ...], kubeconfig_path: str | None) -> None:
+    """SSH into a VM with the key the appliance injected (needs edit on its namespace)."""
+    import base64
+
+    from appliance.agent.vms import SSH_USER
+    from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX
+    from hypervisor import ssh
+
+    client, default_ns = _api_from_kubeconfig(kubeconfig_path)
+    ns, name = _split_ref(ref, default_ns)
+    try:
+        vm = client.get(client.path("vmoperator.vmware.com", "v1alpha5", "virtualmachines", ns,
+                                    name))
+        secret = client.get(client.path("", "v1", "secrets", ns, name + SSH_KEY_SECRET_SUFFIX))
+    except errors.ApiError as err:
+        raise click.ClickException(err.message) from err
+    address = ((vm.get("status") or {}).get("network") or {}).get("primaryIP4")
+    if not address:
+        raise click.ClickException(f"VM {ns}/{name} has no address yet (is it Ready?)")
+    key = base64.b64decode(secret["data"]["ssh-privatekey"]).decode()
+    # Addresses are reused by later VMs: pin host keys per VM (by uid), not per address.
+    known = Path.home() / ".config" / "pacific-lab" / "known_hosts.d" / vm["metadata"]["uid"]
+    known.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if command:
+            rc, stdout, stderr = ssh.run_command(address, SSH_USER, key, " ".join(command), 300,
+                                                 known_hosts=known)
+            sys.stdout.write(stdout)
+            sys.stderr.write(stderr)
+            sys.exit(rc)
+        sys.exit(ssh.interactive_shell(address, SSH_USER, key, known_hosts=known) or 0)
+    except ssh.SshError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("console")
+@click.argument("ref", metavar="NAMESPACE/NAME")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--tail", default=0, help="Only the last N lines.")
+@click.option("--kubeconfig", "kubeconfig_path", default=None)
+def console_cmd(ref: str, follow: bool, tail: int, kubeconfig_path: str | None) -> None:
+    """Show (and follow) a VM's serial console, through the API."""
+    client, default_ns = _api_from_kubeconfig(kubeconfig_path)
+    ns, name = _split_ref(ref, default_ns)
+    path = client.path("vmoperator.vmware.com", "v1alpha5", "virtualmachines", ns, name,
+                       "console")
+    params = {"follow": "true" if follow else "false", "tailLines": str(tail)}
+    with client.session.get(client.server + path, params=params, stream=True,
+                            timeout=(30, None)) as resp:
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            raise click.ClickException(message)
+        try:
+            for chunk in resp.iter_content(chunk_size=None):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
 # -- VM classes and the content library ----------------------------------------------------------
 
 

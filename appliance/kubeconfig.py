@@ -63,3 +63,21 @@ def load(path: Path) -> dict[str, Any]:
         return {}
     data = yaml.safe_load(path.read_text()) or {}
     return data if isinstance(data, dict) else {}
+
+
+def current(path: Path, context: str | None = None) -> dict[str, Any]:
+    """Server, token, CA and namespace of the current (or named) context."""
+    config = load(path)
+    name = context or config.get("current-context")
+    ctx = next((c["context"] for c in config.get("contexts") or [] if c.get("name") == name), None)
+    if ctx is None:
+        raise ValueError(f"{path}: no context {name!r}")
+    cluster = next((c["cluster"] for c in config.get("clusters") or []
+                    if c.get("name") == ctx.get("cluster")), {})
+    user = next((u["user"] for u in config.get("users") or []
+                 if u.get("name") == ctx.get("user")), {})
+    ca = cluster.get("certificate-authority-data")
+    return {"server": cluster.get("server", ""), "token": user.get("token", ""),
+            "ca_pem": base64.b64decode(ca) if ca else None,
+            "insecure": bool(cluster.get("insecure-skip-tls-verify")),
+            "namespace": ctx.get("namespace", "default")}

@@ -32,7 +32,7 @@ from appliance.controllers.scheduler import VmScheduler
 from appliance.kinds import default_registry
 from appliance.objects import ObjectService
 from appliance.pki import Pki, ensure_pki
-from appliance.resources import LocalApi
+from appliance.resources import LocalApi, RemoteApi
 from appliance.settings import Settings
 from appliance.store.db import make_engine, migrate
 from appliance.store.repo import Store
@@ -126,7 +126,9 @@ class HostService:
         self.pki = pki
         api = ApiApp(sup.service, sup.service.registry, token_ttl=s.token_ttl_seconds,
                      max_body=s.max_body_bytes, server_address=f"{addr}:{s.api_port}",
-                     ready=self.ready.is_set, ca_pem=pki.ca_pem())
+                     ready=self.ready.is_set, ca_pem=pki.ca_pem(),
+                     logs={("vmoperator.vmware.com", "virtualmachines", "console"):
+                           self._console_log})
         self.api = api
         self._serve(api, s.api_port, "api")
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")
@@ -136,6 +138,11 @@ class HostService:
         self.ready.set()
         LOG.info("host service ready: API https://%s:%d, dashboard https://%s:%d", addr,
                  s.api_port, addr, s.dashboard_port)
+
+    def _console_log(self, vm: dict[str, Any]) -> Path:
+        from appliance.agent.vmnames import domain_name
+
+        return self.settings.state_dir / "consoles" / f"{domain_name(vm)}.log"
 
     def _dashboard(self, sup: Supervisor) -> Any:
         from web import create_app
@@ -199,6 +206,28 @@ class HostService:
         client = ApiClient(f"https://127.0.0.1:{self.settings.api_port}", token,
                            str(pki.ca_cert))
         self._thread(HostAgent(client, facts).run, "host-agent")
+        self._thread(lambda stop: self._run_vm_agent(client, facts, stop), "vm-agent")
+
+    def _run_vm_agent(self, client: ApiClient, facts: dict[str, Any],
+                      stop: threading.Event) -> None:
+        """The VM reconciler of this host's agent; waits for libvirt if it is not up yet."""
+        from appliance.agent.vms import VmController
+        from hypervisor.appliance_net import ApplianceNetwork, NetworkError, ensure_network
+        from hypervisor.libvirt_driver import LibvirtDriver
+
+        s = self.settings
+        network = ApplianceNetwork("pacific-appliance", s.appliance_bridge, s.appliance_cidr)
+        while not stop.is_set():
+            try:
+                ensure_network(network)
+                break
+            except NetworkError as exc:
+                LOG.warning("appliance network not ready (%s); retrying", exc)
+                stop.wait(10.0)
+        controller = VmController(RemoteApi(client), str(facts["hostname"]), s,
+                                  str(facts.get("accelerator") or "tcg"), LibvirtDriver(),
+                                  network.name)
+        controller.run(stop)
 
     def _thread(self, fn: Any, name: str) -> None:
         t = threading.Thread(target=fn, args=(self.stop,), name=name, daemon=True)

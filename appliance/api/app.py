@@ -70,8 +70,12 @@ class ApiApp:
     def __init__(self, service: ObjectService, registry: Registry, *, token_ttl: int,
                  max_body: int, server_address: str = "localhost:6443",
                  watch_timeout: float = 1800.0, ready: Callable[[], bool] | None = None,
-                 ca_pem: bytes = b"") -> None:
+                 ca_pem: bytes = b"",
+                 logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None
+                 ) -> None:
         self.ca_pem = ca_pem
+        # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
+        self.logs = logs or {}
         self.service = service
         self.store = service.store
         self.registry = registry
@@ -192,6 +196,8 @@ class ApiApp:
             if t.plural == "selfsubjectaccessreviews":
                 return _json(access_review(self.service, user, body), 201)
             return _json(rules_review(self.service, user, body), 201)
+        if (t.group, t.plural, t.subresource) in self.logs:
+            return self.log(request, user, t)
         if route.collection:
             if method == "GET":
                 if args.get("watch") in ("true", "1"):
@@ -316,6 +322,26 @@ class ApiApp:
         resp = Response(stream(), status=200, content_type="application/json",
                         direct_passthrough=True)
         resp.headers["Cache-Control"] = "no-cache, private"
+        return resp
+
+    def log(self, request: Request, user: UserInfo, t: Target) -> Response:
+        """A text log subresource (a VM's serial console): tailLines, follow."""
+        if request.method != "GET":
+            raise errors.method_not_allowed(f"{t.subresource} is read-only")
+        obj = self.service.get(user, t)  # authorises get on the subresource
+        path = self.logs[(t.group, t.plural, t.subresource)](obj)
+        try:
+            tail = int(request.args.get("tailLines") or 0)
+        except ValueError as exc:
+            raise errors.bad_request("tailLines must be an integer") from exc
+        follow = request.args.get("follow") in ("true", "1")
+        if path is None or not path.exists():
+            if follow:
+                raise errors.bad_request(f"{t.kind.kind} {t.name!r} has no {t.subresource} "
+                                         "log yet")
+            return Response(b"", content_type="text/plain")
+        resp = Response(_tail(path, tail, follow, self.watch_timeout), status=200,
+                        content_type="text/plain; charset=utf-8", direct_passthrough=True)
         return resp
 
     def _bookmark(self, t: Target) -> bytes:
@@ -449,6 +475,27 @@ class ApiApp:
     @property
     def open_watches(self) -> int:
         return self._open_watches
+
+
+def _tail(path: Any, lines: int, follow: bool, timeout: float) -> Iterator[bytes]:
+    """The last ``lines`` lines of a file (all when 0), then new ones while ``follow``."""
+    import os
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
+        if lines:
+            data = b"".join(data.splitlines(keepends=True)[-lines:])
+        yield data
+        # A client that went away is noticed at the next write; an idle follow ends
+        # when the watch timeout does.
+        deadline = time.monotonic() + timeout
+        while follow and time.monotonic() < deadline:
+            chunk = fh.read(65536)
+            if chunk:
+                yield chunk
+            else:
+                time.sleep(0.5)
 
 
 def kind_of(registry: Registry, group: str, plural: str) -> Kind | None:

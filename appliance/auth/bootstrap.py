@@ -57,7 +57,7 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         if key not in SECRET_KINDS:
             view.append(_rule([kind.group], [kind.plural, *status], READ))
         # Status is written by controllers only; people read it.
-        edit.append(_rule([kind.group], [kind.plural, *status], READ))
+        edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ))
         if key not in ADMIN_ONLY:
             edit.append(_rule([kind.group], [kind.plural, *subs], WRITE))
     owner = [_rule(["*"], ["*"], ["*"])]

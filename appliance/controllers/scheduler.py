@@ -14,18 +14,22 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
+from appliance import errors
 from appliance.controllers.base import Controller
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import GROUP, STORAGE
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.util.quantity import parse_quantity
 from appliance.util.timefmt import now_rfc3339
+from hypervisor.ssh import generate_keypair
 
 LOG = logging.getLogger(__name__)
 
 NODES = Ref("", "v1", "nodes")
 CLASSES = Ref(GROUP, STORAGE, "virtualmachineclasses")
 PLACED = "VirtualMachineConditionPlacementReady"
+SECRETS = Ref("", "v1", "secrets")
+SSH_KEY_SECRET_SUFFIX = "-ssh-key"
 
 
 @dataclass
@@ -107,7 +111,11 @@ class VmScheduler(Controller):
     def reconcile(self, vm: Obj) -> float | None:
         meta = vm["metadata"]
         status = vm.get("status") or {}
-        if meta.get("deletionTimestamp") or status.get("host"):
+        if meta.get("deletionTimestamp"):
+            self._drop_access_key(vm)
+            return None
+        self._ensure_access_key(vm)
+        if status.get("host"):
             return None
         size = self._class_of(vm)
         conditions = list(status.get("conditions") or [])
@@ -141,6 +149,35 @@ class VmScheduler(Controller):
         LOG.info("[%s/%s] placed on %s with %s", meta["namespace"], meta["name"], room.node,
                  address)
         return None
+
+    def _ensure_access_key(self, vm: Obj) -> None:
+        """The key pair ``lab ssh`` uses, kept in a Secret next to the VM (as TKG's
+        ``<cluster>-ssh`` Secret): readable by the namespace's editors, not viewers."""
+        meta = vm["metadata"]
+        name = meta["name"] + SSH_KEY_SECRET_SUFFIX
+        if get_or_none(self.api, SECRETS, meta["namespace"], name) is not None:
+            return
+        private, public = generate_keypair(f"{meta['namespace']}/{meta['name']}")
+        self.api.create(SECRETS, meta["namespace"], {
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
+            "metadata": {"name": name, "labels": {"pacific.lab/vm": meta["name"]},
+                         "ownerReferences": [{
+                             "apiVersion": vm["apiVersion"], "kind": "VirtualMachine",
+                             "name": meta["name"], "uid": meta["uid"], "controller": True}]},
+            "stringData": {"ssh-privatekey": private, "ssh-publickey": public}})
+
+    def _drop_access_key(self, vm: Obj) -> None:
+        meta = vm["metadata"]
+        secret = get_or_none(self.api, SECRETS, meta["namespace"],
+                             meta["name"] + SSH_KEY_SECRET_SUFFIX)
+        owners = [o.get("uid") for o in (secret or {}).get("metadata", {}).get(
+            "ownerReferences") or []]
+        if secret is not None and meta["uid"] in owners:
+            try:
+                self.api.delete(SECRETS, meta["namespace"], secret["metadata"]["name"])
+            except errors.ApiError as err:
+                if err.code != 404:
+                    raise
 
     def _write(self, vm: Obj, status: Obj) -> None:
         self.api.patch(self.ref, vm["metadata"]["namespace"], vm["metadata"]["name"],

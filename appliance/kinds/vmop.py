@@ -314,7 +314,7 @@ VIRTUALMACHINE = Kind(
     group=GROUP, kind="VirtualMachine", plural="virtualmachines", singular="virtualmachine",
     namespaced=True, short_names=("vm",), categories=("all",), consumes=_vm_consumes,
     validate=_validate_vm, immutable_fields=("spec.className", "spec.imageName"),
-    default_finalizers=(VM_FINALIZER,),
+    default_finalizers=(VM_FINALIZER,), extra_subresources=("console",),
     versions=(
         Version("v1alpha1", top_level(spec=V1A1_SPEC, status=V1A1_STATUS), deprecated=True,
                 deprecation_warning="vmoperator.vmware.com/v1alpha1 VirtualMachine is "

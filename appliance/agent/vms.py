@@ -1,0 +1,331 @@
+"""The host agent's VM reconciler: VirtualMachines placed on this host, on libvirt.
+
+One pass, in order (cluster-api style phases; status is written in a
+``finally`` whatever happened):
+
+1. deleting: remove the domain, the boot disk and the seed, then the finalizer;
+2. resolve the class, the image files and the cloud-init data;
+3. the boot disk: a qcow2 overlay on the image, sized for the VM;
+4. the NoCloud seed ISO (user-data, meta-data with instance-id = the VM's
+   uid, network-config with the address the scheduler gave it);
+5. the domain, defined from one typed spec;
+6. power, as ``spec.powerState`` says;
+7. observe: power state, address, and Ready once SSH answers.
+
+Every step is idempotent and keyed by the VM's uid, so a pass interrupted by
+a crash converges on the next one: no duplicate domain, no orphan disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from appliance import errors
+from appliance.agent.vmnames import DOMAIN_PREFIX, disk_name, domain_name, seed_name
+from appliance.controllers.base import Controller, PermanentError, TemporaryError
+from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
+from appliance.kinds.registry import Obj
+from appliance.kinds.vmop import (GROUP, STORAGE, VM_FINALIZER, boot_disk_bytes, cloud_config_problem,
+                                  user_data_text)
+from appliance.resources import Ref, ResourceApi, get_or_none
+from appliance.settings import Settings
+from appliance.vmservice.library import ImageFiles, LibraryError, image_files
+from hypervisor.disks import DiskStore
+from hypervisor.domain import DiskSpec, DomainSpec, KernelBoot, NicSpec
+from hypervisor.libvirt_driver import HypervisorError, LibvirtDriver, TransientHypervisorError
+from hypervisor.seed import build_seed_iso
+
+LOG = logging.getLogger(__name__)
+
+CLASSES = Ref(GROUP, STORAGE, "virtualmachineclasses")
+IMAGES = Ref(GROUP, STORAGE, "virtualmachineimages")
+CLUSTER_IMAGES = Ref(GROUP, STORAGE, "clustervirtualmachineimages")
+SECRETS = Ref("", "v1", "secrets")
+CONFIGMAPS = Ref("", "v1", "configmaps")
+
+POOL = "pacific-vms"
+SSH_USER = "pacific"
+
+POWER = {"PoweredOn": "running", "PoweredOff": "shutoff", "Suspended": "paused"}
+OBSERVED = {"running": "PoweredOn", "blocked": "PoweredOn", "paused": "Suspended",
+            "pmsuspended": "Suspended", "shutoff": "PoweredOff", "shutdown": "PoweredOff",
+            "crashed": "PoweredOff", "nostate": "PoweredOff"}
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    user_data: str
+    meta_data: dict[str, Any]
+    network_config: dict[str, Any]
+
+
+class VmController(Controller):
+    group, version, plural, name = GROUP, STORAGE, "virtualmachines", "vm-agent"
+    resync = 10.0  # how soon drift (a domain destroyed behind our back) is repaired
+
+    def __init__(self, api: ResourceApi, node_name: str, settings: Settings,
+                 accelerator: str, driver: LibvirtDriver, network_name: str) -> None:
+        super().__init__(api)
+        self.node_name = node_name
+        self.settings = settings
+        self.accelerator = accelerator
+        self.driver = driver
+        self.disks = DiskStore(driver, settings.state_dir)
+        self.network_name = network_name
+        self.console_dir = settings.state_dir / "consoles"
+
+    def wants(self, vm: Obj) -> bool:
+        return (vm.get("status") or {}).get("host") == self.node_name
+
+    # -- the pass ----------------------------------------------------------------------
+
+    def reconcile(self, vm: Obj) -> float | None:
+        meta = vm["metadata"]
+        if meta.get("deletionTimestamp"):
+            self.teardown(vm)
+            return None
+        status = copy.deepcopy(vm.get("status") or {})
+        conditions = list(status.get("conditions") or [])
+        gen = int(meta.get("generation") or 1)
+        again: float | None = None
+        try:
+            cls, image, boot = self.resolve(vm)
+            conditions = set_condition(conditions, "VirtualMachineConditionClassReady", "True",
+                                       "ClassFound", "", gen)
+            conditions = set_condition(conditions, "VirtualMachineConditionImageReady", "True",
+                                       "ImageFound", image.sha256[:12], gen)
+            conditions = set_condition(conditions, "VirtualMachineConditionBootstrapReady",
+                                       "True", "SeedWritten", "", gen)
+            disk = self.ensure_disk(vm, cls, image)
+            seed = self.ensure_seed(vm, boot)
+            spec = self.domain_spec(vm, cls, image, disk, seed)
+            if self.driver.ensure_defined(spec):
+                LOG.info("[%s/%s] domain %s defined", meta["namespace"], meta["name"], spec.name)
+            conditions = set_condition(conditions, "VirtualMachineConditionCreated", "True",
+                                       "Created", f"domain {spec.name}", gen)
+            wanted = POWER[(vm.get("spec") or {}).get("powerState") or "PoweredOn"]
+            soft = (vm.get("spec") or {}).get("powerOffMode") in ("Soft", "TrySoft")
+            if self.driver.ensure_power(spec.name, wanted, 60.0 if soft else 0.0):
+                LOG.info("[%s/%s] power -> %s", meta["namespace"], meta["name"], wanted)
+            again, conditions = self.observe(vm, spec.name, status, conditions, gen)
+        except PermanentError as exc:
+            conditions = set_condition(conditions, "Ready", "False", exc.args[1], exc.args[0],
+                                       gen)
+            again = 60.0
+        except (TemporaryError, TransientHypervisorError) as exc:
+            conditions = set_condition(conditions, "Ready", "False", "Retrying", str(exc), gen)
+            again = 5.0
+        except HypervisorError as exc:
+            conditions = set_condition(conditions, "Ready", "False", "HypervisorError", str(exc),
+                                       gen)
+            again = 15.0
+        finally:
+            status["conditions"] = conditions
+            status["host"] = self.node_name
+            if status != (vm.get("status") or {}):
+                self.api.patch(self.ref, meta["namespace"], meta["name"], {"status": status},
+                               subresource="status")
+        return again
+
+    # -- phases ------------------------------------------------------------------------
+
+    def resolve(self, vm: Obj) -> tuple[Obj, ImageFiles, Bootstrap]:
+        ns, spec = vm["metadata"]["namespace"], vm.get("spec") or {}
+        cls = get_or_none(self.api, CLASSES, ns, spec.get("className", ""))
+        if cls is None:
+            raise PermanentError(f"VirtualMachineClass {spec.get('className')!r} is not in "
+                                 f"namespace {ns}", "ClassNotFound")
+        image_name = spec.get("imageName") or (spec.get("image") or {}).get("name") or ""
+        if get_or_none(self.api, IMAGES, ns, image_name) is None and \
+                get_or_none(self.api, CLUSTER_IMAGES, "", image_name) is None:
+            raise PermanentError(f"image {image_name!r} not found", "ImageNotFound")
+        try:
+            image = image_files(self.settings, image_name)
+        except LibraryError as exc:
+            raise PermanentError(str(exc), "ImageNotOnHost") from exc
+        return cls, image, self.bootstrap(vm)
+
+    def bootstrap(self, vm: Obj) -> Bootstrap:
+        meta, spec = vm["metadata"], vm.get("spec") or {}
+        ns = meta["namespace"]
+        cloud = (spec.get("bootstrap") or {}).get("cloudInit") or {}
+        text = "#cloud-config\n{}\n"
+        if cloud.get("rawCloudConfig"):
+            ref = cloud["rawCloudConfig"]
+            key = ref.get("key") or "user-data"
+            secret = get_or_none(self.api, SECRETS, ns, ref.get("name", ""))
+            if secret is not None and key in (secret.get("data") or {}):
+                text = base64.b64decode(secret["data"][key]).decode(errors="replace")
+            else:
+                cm = get_or_none(self.api, CONFIGMAPS, ns, ref.get("name", ""))
+                if cm is None or key not in (cm.get("data") or {}):
+                    raise TemporaryError(f"bootstrap secret {ref.get('name')!r} (key {key!r}) "
+                                         "not found", 10.0)
+                text = cm["data"][key]
+        elif cloud.get("cloudConfig"):
+            text = user_data_text(cloud["cloudConfig"])
+        problem = cloud_config_problem(text)
+        if problem:
+            raise PermanentError(problem, "InvalidBootstrapData")
+        user_data = self.with_access_key(vm, text, cloud.get("sshAuthorizedKeys") or [])
+        hostname = (spec.get("network") or {}).get("hostName") or meta["name"].split(".")[0]
+        address = vm_address(vm)
+        iface = ((vm.get("status") or {}).get("network") or {}).get("interfaces") or [{}]
+        prefix = str(((iface[0].get("ip") or {}).get("addresses") or [{}])[0].get(
+            "address", "/24")).split("/")[1]
+        network = {"version": 2, "ethernets": {"eth0": {
+            "match": {"macaddress": mac_for(meta["uid"])}, "set-name": "eth0",
+            "addresses": [f"{address}/{prefix}"] if address else [], "dhcp4": not address}}}
+        return Bootstrap(user_data, {"instance-id": meta["uid"], "local-hostname": hostname},
+                         network)
+
+    def with_access_key(self, vm: Obj, text: str, extra_keys: list[str]) -> str:
+        """Add the appliance's user (key in the ``<vm>-ssh-key`` Secret) to the user-data."""
+        ns, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        secret = get_or_none(self.api, SECRETS, ns, name + SSH_KEY_SECRET_SUFFIX)
+        if secret is None:
+            raise TemporaryError("waiting for the VM's SSH key secret", 2.0)
+        public = base64.b64decode(secret["data"]["ssh-publickey"]).decode().strip()
+        ours = {"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
+                "lock_passwd": True, "ssh_authorized_keys": [public, *extra_keys]}
+        if not text.startswith("#cloud-config"):
+            return _multipart(("text/cloud-config",
+                               "#cloud-config\n" + yaml.safe_dump({"users": ["default", ours]})),
+                              ("text/x-shellscript", text))
+        config = yaml.safe_load(text) or {}
+        users = config.get("users")
+        config["users"] = (list(users) if isinstance(users, list) else ["default"]) + [ours]
+        return "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
+
+    def ensure_disk(self, vm: Obj, cls: Obj, image: ImageFiles) -> Path:
+        self.disks.ensure_pool(POOL, "vms")
+        image_obj = get_or_none(self.api, IMAGES, vm["metadata"]["namespace"], image.name)
+        size = int(boot_disk_bytes(vm, cls, image_obj))
+        return self.disks.ensure_overlay(POOL, disk_name(vm), image.disk, image.disk_format,
+                                         max(size, image.capacity_bytes))
+
+    def ensure_seed(self, vm: Obj, boot: Bootstrap) -> Path:
+        pool_path = self.disks.ensure_pool(POOL, "vms")
+        path = pool_path / seed_name(vm)
+        digest = hashlib.sha256(repr((boot.user_data, sorted(boot.meta_data.items()),
+                                      boot.network_config)).encode()).hexdigest()
+        stamp = pool_path / f".{seed_name(vm)}.sha256"
+        if not path.exists() or not stamp.exists() or stamp.read_text() != digest:
+            build_seed_iso(path, boot.user_data, boot.meta_data, boot.network_config)
+            stamp.write_text(digest)
+        return path
+
+    def domain_spec(self, vm: Obj, cls: Obj, image: ImageFiles, disk: Path,
+                    seed: Path) -> DomainSpec:
+        meta = vm["metadata"]
+        hw = (cls.get("spec") or {}).get("hardware") or {}
+        from appliance.util.quantity import parse_quantity
+
+        self.console_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kernel = None
+        if image.kernel is not None:
+            kernel = KernelBoot(image.kernel, image.initrd, image.cmdline or
+                                "root=/dev/vda console=ttyS0")
+        return DomainSpec(
+            name=domain_name(vm), uuid=meta["uid"], vcpus=int(hw.get("cpus") or 1),
+            memory_mib=int(parse_quantity(hw.get("memory") or "1Gi") / 2**20),
+            accelerator="kvm" if self.accelerator == "kvm" else "tcg",
+            disks=(DiskSpec(disk, "qcow2", "vda"), DiskSpec(seed, "raw", "vdb", readonly=True)),
+            nics=(NicSpec(mac_for(meta["uid"]), "network", self.network_name),),
+            serial_log=self.console_dir / f"{domain_name(vm)}.log", kernel=kernel,
+            metadata={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
+            guest_agent=True)
+
+    def observe(self, vm: Obj, dom: str, status: Obj, conditions: list[Obj], gen: int
+                ) -> tuple[float | None, list[Obj]]:
+        """Fill ``status`` from what libvirt and the guest show; the next look and conditions."""
+        seen = self.driver.observe(dom)
+        power = OBSERVED.get(seen.state, "PoweredOff") if seen else "PoweredOff"
+        status["powerState"] = power
+        if seen is not None:
+            status["uniqueID"] = dom
+            status["biosUUID"] = seen.uuid
+            status["instanceUUID"] = seen.uuid
+        address = vm_address(vm)
+        answering = power == "PoweredOn" and address is not None and _port_open(address, 22)
+        net = status.setdefault("network", {})
+        if answering:
+            net["primaryIP4"] = address
+            conditions = set_condition(conditions, "Ready", "True", "GuestReady",
+                                       f"SSH answers on {address}", gen)
+            again = None
+        else:
+            net.pop("primaryIP4", None)
+            wanted = (vm.get("spec") or {}).get("powerState") or "PoweredOn"
+            reason = "PoweredOff" if wanted != "PoweredOn" else "Booting"
+            conditions = set_condition(conditions, "Ready", "False", reason,
+                                       "the guest does not answer yet" if reason == "Booting"
+                                       else f"the VM is {wanted}", gen)
+            again = 3.0 if wanted == "PoweredOn" else None
+        return again, conditions
+
+    # -- deletion ------------------------------------------------------------------------
+
+    def teardown(self, vm: Obj) -> None:
+        meta = vm["metadata"]
+        self.driver.ensure_absent(domain_name(vm))
+        self.disks.ensure_pool(POOL, "vms")
+        self.disks.remove_volume(POOL, disk_name(vm))
+        pool_path = self.disks.pool_path(POOL)
+        for leftover in (pool_path / seed_name(vm), pool_path / f".{seed_name(vm)}.sha256",
+                         self.console_dir / f"{domain_name(vm)}.log"):
+            leftover.unlink(missing_ok=True)
+        finalizers = [f for f in meta.get("finalizers") or [] if f != VM_FINALIZER]
+        if finalizers != (meta.get("finalizers") or []):
+            try:
+                self.api.patch(self.ref, meta["namespace"], meta["name"],
+                               {"metadata": {"finalizers": finalizers or None,
+                                             "resourceVersion": meta["resourceVersion"]}})
+            except errors.ApiError as err:
+                if err.code != 404:
+                    raise
+        LOG.info("[%s/%s] domain, disk and seed removed", meta["namespace"], meta["name"])
+
+    def collect_orphans(self) -> list[str]:
+        """Remove domains of ours whose VM is gone (its finalizer was forced off)."""
+        items, _ = self.api.list(self.ref)
+        known = {domain_name(vm) for vm in items}
+        removed = []
+        for dom in self.driver.list_domains(DOMAIN_PREFIX):
+            if dom not in known:
+                self.driver.ensure_absent(dom)
+                removed.append(dom)
+        return removed
+
+
+def mac_for(uid: str) -> str:
+    """A stable, locally administered MAC address from the VM's uid."""
+    digest = hashlib.sha256(uid.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _port_open(address: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _multipart(*parts: tuple[str, str]) -> str:
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    message = MIMEMultipart()
+    for subtype, content in parts:
+        message.attach(MIMEText(content, subtype.split("/")[1]))
+    return message.as_string()
