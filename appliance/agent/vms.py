@@ -82,6 +82,8 @@ class VmController(Controller):
         self.disks = DiskStore(driver, settings.state_dir)
         self.network_name = network_name
         self.console_dir = settings.state_dir / "consoles"
+        # Pool names are global in libvirt; a state directory has its own pool.
+        self.pool = f"{POOL}-{hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:8]}"
 
     def wants(self, vm: Obj) -> bool:
         return (vm.get("status") or {}).get("host") == self.node_name
@@ -207,14 +209,14 @@ class VmController(Controller):
         return "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
 
     def ensure_disk(self, vm: Obj, cls: Obj, image: ImageFiles) -> Path:
-        self.disks.ensure_pool(POOL, "vms")
+        self.disks.ensure_pool(self.pool, "vms")
         image_obj = get_or_none(self.api, IMAGES, vm["metadata"]["namespace"], image.name)
         size = int(boot_disk_bytes(vm, cls, image_obj))
-        return self.disks.ensure_overlay(POOL, disk_name(vm), image.disk, image.disk_format,
+        return self.disks.ensure_overlay(self.pool, disk_name(vm), image.disk, image.disk_format,
                                          max(size, image.capacity_bytes))
 
     def ensure_seed(self, vm: Obj, boot: Bootstrap) -> Path:
-        pool_path = self.disks.ensure_pool(POOL, "vms")
+        pool_path = self.disks.ensure_pool(self.pool, "vms")
         path = pool_path / seed_name(vm)
         digest = hashlib.sha256(repr((boot.user_data, sorted(boot.meta_data.items()),
                                       boot.network_config)).encode()).hexdigest()
@@ -278,9 +280,9 @@ class VmController(Controller):
     def teardown(self, vm: Obj) -> None:
         meta = vm["metadata"]
         self.driver.ensure_absent(domain_name(vm))
-        self.disks.ensure_pool(POOL, "vms")
-        self.disks.remove_volume(POOL, disk_name(vm))
-        pool_path = self.disks.pool_path(POOL)
+        self.disks.ensure_pool(self.pool, "vms")
+        self.disks.remove_volume(self.pool, disk_name(vm))
+        pool_path = self.disks.pool_path(self.pool)
         for leftover in (pool_path / seed_name(vm), pool_path / f".{seed_name(vm)}.sha256",
                          self.console_dir / f"{domain_name(vm)}.log"):
             leftover.unlink(missing_ok=True)

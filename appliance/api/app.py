@@ -238,7 +238,8 @@ class ApiApp:
                                     result.warnings)
         if method == "DELETE":
             raw = read_limited(request.stream, request.content_length, self.max_body)
-            options = parse_body(raw, "application/json") if raw.strip() else {}
+            options = self.decode_body(raw, request.content_type or "application/json") \
+                if raw.strip() else {}
             if not isinstance(options, dict):
                 raise errors.bad_request("DeleteOptions must be an object")
             dry = "All" in request.args.getlist("dryRun") or "All" in (options.get("dryRun") or [])
@@ -435,14 +436,20 @@ class ApiApp:
     def read_body(self, request: Request) -> Any:
         raw = read_limited(request.stream, request.content_length, self.max_body)
         ctype = request.content_type or "application/json"
-        if ctype.split(";")[0].strip() == "application/vnd.kubernetes.protobuf":
-            # kubectl >= 1.33 sends built-in kinds as protobuf; we answer in JSON.
-            from appliance.api import protobuf
+        return self.decode_body(raw, ctype)
 
+    @staticmethod
+    def decode_body(raw: bytes, ctype: str) -> Any:
+        from appliance.api import protobuf
+
+        if protobuf.is_protobuf(ctype):
+            # kubectl >= 1.32 sends built-in kinds as protobuf; we answer in JSON.
             try:
                 return protobuf.decode(raw)
-            except protobuf.ProtobufError as exc:
+            except protobuf.UnsupportedKindError as exc:
                 raise errors.ApiError(415, "UnsupportedMediaType", str(exc)) from exc
+            except protobuf.ProtobufError as exc:
+                raise errors.bad_request(f"cannot decode the protobuf body: {exc}") from exc
         return parse_body(raw, ctype)
 
     def write_options(self, request: Request, force: bool = False) -> WriteOptions:

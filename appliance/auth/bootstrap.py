@@ -60,7 +60,9 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ))
         if key not in ADMIN_ONLY:
             edit.append(_rule([kind.group], [kind.plural, *subs], WRITE))
-    owner = [_rule(["*"], ["*"], ["*"])]
+    # Everything in the namespace, but not "bind"/"escalate": an owner may grant
+    # only permissions it holds itself.
+    owner = [_rule(["*"], ["*"], READ + WRITE)]
     return {OWNER: owner, EDIT: edit, VIEW: view}
 
 
