@@ -55,7 +55,9 @@ class Supervisor:
     @classmethod
     def open(cls, settings: Settings) -> Supervisor:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(settings.state_dir, 0o700)
+        # QEMU runs as libvirt-qemu and must reach the disks below: others may pass
+        # through, not list. Secrets in here are files of mode 0600.
+        os.chmod(settings.state_dir, 0o711)
         engine = make_engine(settings.effective_database_url)
         migrate(engine)
         store = Store(engine, history=settings.watch_history)
