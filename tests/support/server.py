@@ -127,6 +127,17 @@ class LabServer:
         r.raise_for_status()
         return dict(r.json())
 
+    @property
+    def admin_credentials(self) -> tuple[str, str]:
+        """(user, password) of the administrator made on first start."""
+        lines = (self.state_dir / "admin-credentials").read_text().splitlines()
+        values = dict(line.split(": ", 1) for line in lines if ": " in line)
+        return values["user"], values["password"]
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"https://127.0.0.1:{self.dashboard_port}"
+
     def admin_token(self) -> str:
         config = yaml.safe_load(self.admin_kubeconfig.read_text())
         return str(config["users"][0]["user"]["token"])
