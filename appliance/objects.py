@@ -237,8 +237,8 @@ class ObjectService:
                     yield WatchEvent("ERROR", errors.gone(
                         f"too old resource version: {last} ({txn.compacted()})").to_status())
                     return
+                newest = txn.revision()  # first: events after it are for the next poll
                 events = txn.events_after(last, t.group, t.plural)
-                newest = txn.revision()
             for ev in events:
                 last = ev.rv
                 if ns is not None and ev.key.namespace != ns:

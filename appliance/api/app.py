@@ -105,7 +105,17 @@ class ApiApp:
         if not response.is_streamed:
             LOG.debug("%s %s -> %d (%.1f ms)", request.method, request.full_path,
                       response.status_code, (time.monotonic() - started) * 1000)
-        return response(environ, start_response)
+            return response(environ, start_response)
+
+        def start_and_flush(status: str, headers: list[tuple[str, str]],
+                            exc_info: Any = None) -> Any:
+            # A stream (watch, log follow) answers with its status and headers at
+            # once, as kube-apiserver does, not with its first event: writing an
+            # empty body through WSGI's write() sends them.
+            write = start_response(status, headers, exc_info)
+            write(b"")
+            return write
+        return response(environ, start_and_flush)
 
     def authenticate(self, request: Request) -> UserInfo:
         header = request.headers.get("Authorization", "")

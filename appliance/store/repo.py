@@ -122,8 +122,19 @@ class WriteTxn(ReadTxn):
     def __init__(self, session: Session) -> None:
         super().__init__(session)
         self.events: list[Event] = []
+        self._reserved: int | None = None
+
+    def lock(self) -> None:
+        """Take the writers' lock by bumping the revision; the first write uses it."""
+        self._reserved = self._bump()
 
     def next_rv(self) -> int:
+        if self._reserved is not None:
+            rv, self._reserved = self._reserved, None
+            return rv
+        return self._bump()
+
+    def _bump(self) -> int:
         return int(self.session.execute(
             update(Counter).where(Counter.name == "revision").values(value=Counter.value + 1)
             .returning(Counter.value)).scalar_one())
@@ -194,12 +205,19 @@ class Store:
         self.engine = engine
         self.history = history
         self._sessions = session_factory(engine)
+        # Reads see one snapshot: a list's resourceVersion and its items, a watch
+        # poll's revision and its events, agree. (SQLite's read transactions do
+        # that already; PostgreSQL needs REPEATABLE READ. Writes stay READ
+        # COMMITTED: they serialise on the revision counter instead.)
+        self._read_sessions = session_factory(
+            engine.execution_options(isolation_level="REPEATABLE READ")
+            if engine.dialect.name == "postgresql" else engine)
         self._changed = threading.Condition()
         self._last_seen = 0
 
     @contextmanager
     def read(self) -> Iterator[ReadTxn]:
-        with self._sessions() as session, session.begin():
+        with self._read_sessions() as session, session.begin():
             yield ReadTxn(session)
 
     @contextmanager
@@ -209,7 +227,7 @@ class Store:
             session.begin()
             txn = WriteTxn(session)
             try:
-                txn.next_rv()  # first statement: take the writers' lock
+                txn.lock()  # first statement: take the writers' lock
                 yield txn
             except BaseException:
                 session.rollback()

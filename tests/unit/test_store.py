@@ -490,11 +490,6 @@ def test_quota_holds_under_concurrent_creates(backend: Backend) -> None:
 
 # -- watches through the object service ------------------------------------------------------
 
-WATCH_GAP = ("ObjectService._watch_stream reads events_after() and revision() in one read "
-             "transaction and skips to that revision when there were no events; on PostgreSQL "
-             "(READ COMMITTED) the two statements see different snapshots, so a write committed "
-             "between them is never delivered")
-
 
 def _service_with_namespace(backend: Backend, namespace: str) -> tuple[ObjectService, Target]:
     registry = default_registry()
@@ -510,14 +505,12 @@ def _service_with_namespace(backend: Backend, namespace: str) -> tuple[ObjectSer
 def test_object_watch_delivers_a_write_committed_during_its_poll(
         backend: Backend, request: pytest.FixtureRequest,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    if backend.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(reason=WATCH_GAP, strict=True))
     service, target = _service_with_namespace(backend, "gap")
     start = backend.revision()
     stream = service.watch(SYSTEM, target, str(start), timeout=2.0, poll=0.1)
 
-    # Another writer commits a ConfigMap exactly between the watch loop's
-    # events_after() (which found nothing) and its revision() read.
+    # Another writer commits a ConfigMap while the watch loop polls: the loop's
+    # revision() and events_after() must agree (one snapshot), or the event is lost.
     real_revision = ReadTxn.revision
     armed = [True]
     me = threading.current_thread()
@@ -543,8 +536,6 @@ def test_object_watch_delivers_a_write_committed_during_its_poll(
 
 def test_object_watch_misses_nothing_under_concurrent_writes(
         backend: Backend, request: pytest.FixtureRequest) -> None:
-    if backend.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(reason=WATCH_GAP, strict=False))
     service, target = _service_with_namespace(backend, "busy")
     threads, per_thread = 8, 25
     total = threads * per_thread
