@@ -121,6 +121,8 @@ def short_condition(type_: str) -> str:
 
 def fmt_bytes(amount: Decimal) -> str:
     units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    if amount == 0:
+        return "0"
     value, i = Decimal(amount), 0
     while abs(value) >= 1024 and i < len(units) - 1:
         value /= 1024
@@ -196,8 +198,10 @@ def usage_rows(quota: Obj | None) -> list[Usage]:
 # -- YAML without secrets --------------------------------------------------------------------
 
 
-def redacted(obj: Obj) -> Obj:
-    """The object as a page may show it: no Secret data, no cloud-init contents."""
+def redacted(obj: Obj, bootstrap_keys: frozenset[str] = frozenset()) -> Obj:
+    """The object as a page may show it: no Secret data, no cloud-init contents.
+
+    ``bootstrap_keys`` are keys of a ConfigMap that a VM uses as its cloud-init data."""
     out = copy.deepcopy(obj)
     meta = out.get("metadata") or {}
     kind = out.get("kind")
@@ -205,19 +209,24 @@ def redacted(obj: Obj) -> Obj:
         for key in ("data", "stringData"):
             if isinstance(out.get(key), dict):
                 out[key] = {k: f"{HIDDEN} {len(str(v))} characters" for k, v in out[key].items()}
+    if kind == "ConfigMap" and bootstrap_keys:
+        for key in ("data", "binaryData"):
+            for k in list(out.get(key) or {}):
+                if k in bootstrap_keys:
+                    out[key][k] = f"{HIDDEN}: cloud-init data of a VM"
     if kind == "VirtualMachine":
         cloud = ((out.get("spec") or {}).get("bootstrap") or {}).get("cloudInit") or {}
         if "cloudConfig" in cloud:
             cloud["cloudConfig"] = HIDDEN
     annotations = meta.get("annotations") or {}
-    if LAST_APPLIED in annotations and kind in ("Secret", "VirtualMachine"):
+    if LAST_APPLIED in annotations and (kind in ("Secret", "VirtualMachine") or bootstrap_keys):
         annotations[LAST_APPLIED] = HIDDEN
     return out
 
 
-def to_yaml(obj: Obj) -> str:
-    return yaml.safe_dump(redacted(obj), default_flow_style=False, sort_keys=False,
-                          allow_unicode=True, width=100)
+def to_yaml(obj: Obj, bootstrap_keys: frozenset[str] = frozenset()) -> str:
+    return yaml.safe_dump(redacted(obj, bootstrap_keys), default_flow_style=False,
+                          sort_keys=False, allow_unicode=True, width=100)
 
 
 # -- console text ----------------------------------------------------------------------------

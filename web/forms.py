@@ -235,13 +235,17 @@ def cloud_config_form_problem(text: str) -> str | None:
     if text.lstrip().startswith("#!"):
         return ("Scripts are not supported here; write a #cloud-config (use runcmd for "
                 "commands).")
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" on line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"Invalid YAML{where}: {exc.problem or exc.context}."
+    except yaml.YAMLError as exc:
+        return f"Invalid YAML: {exc}"
     problem = cloud_config_problem(with_header(text))
     if problem:
         return problem[:1].upper() + problem[1:] + "."
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return f"Invalid YAML: {exc}"
     if parsed is not None and not isinstance(parsed, dict):
         return "A cloud-config must be a YAML mapping (keys like packages:, runcmd:)."
     users = (parsed or {}).get("users")

@@ -711,3 +711,23 @@ def test_every_kind_is_listed_and_pods_appear_once_registered(tmp_path: Path) ->
     admin2 = Browser(create_app(supervisor=sup2))
     admin2.login("admin", password2)
     assert "pods-title" not in text(admin2.get("/ns/dev"))
+
+
+def test_cloud_init_data_in_a_config_map_is_not_shown(lab: Any) -> None:
+    sup, app, _ = lab
+    make_namespace(sup, "dev")
+    bootstrap.grant(sup.service, SYSTEM, "dev", "alice", "edit")
+    sup.service.create(SYSTEM, Target(kind(sup, "", "configmaps"), "v1", "dev"), {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "boot", "namespace": "dev"},
+        "data": {"user-data": "#cloud-config\npassword: hunter2\n", "note": "visible"}})
+    sup.service.create(SYSTEM, Target(kind(sup, VMOP, "virtualmachines"), "v1alpha5", "dev"), {
+        "apiVersion": f"{VMOP}/v1alpha5", "kind": "VirtualMachine",
+        "metadata": {"name": "web-1", "namespace": "dev"},
+        "spec": {"className": "best-effort-xsmall", "imageName": "debian-12",
+                 "bootstrap": {"cloudInit": {"rawCloudConfig": {"name": "boot",
+                                                                "key": "user-data"}}}}})
+    alice = Browser(app)
+    alice.login("alice", PASSWORDS["alice"])
+    page = text(alice.get("/ns/dev/o/core/configmaps/boot"))
+    assert "hunter2" not in page and "visible" in page and "cloud-init data of a VM" in page

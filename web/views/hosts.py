@@ -90,7 +90,8 @@ def index() -> str:
             "disk": fmt_bytes(_q(cap.get("ephemeral-storage"))),
             "disk_free": fmt_bytes(Decimal(mine["disk_free_bytes"]))
             if mine.get("disk_free_bytes") else "",
-            "qemu": mine.get("qemu_version") or "", "libvirt": mine.get("libvirt_version") or "",
+            "qemu": mine.get("qemu_version") or "", "kernel": mine.get("kernel_version") or "",
+            "libvirt": mine.get("libvirt_version") or "",
             "vms": use["vms"],
             "cpu_used": float(use["cpu"]), "cpu_total": float(vcpus),
             "cpu_text": f"{fmt_number(use['cpu'])} of {fmt_number(vcpus)} vCPUs",

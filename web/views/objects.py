@@ -10,6 +10,7 @@ from flask import Blueprint, abort, current_app, render_template
 from appliance import errors
 from appliance.api.table import cell, columns_for
 from appliance.kinds.registry import Kind, Obj
+from appliance.kinds.vmop import GROUP as VMOP
 from web.security import login_required
 from web.views import lab, user
 from web.views.namespaces import _namespace
@@ -80,10 +81,17 @@ def show(ns: str, group: str, plural: str, name: str) -> str:
     except errors.ApiError as err:
         return _error_page(err)  # type: ignore[no-any-return]
     events = lab().events_for(user(), ns, obj, limit=20) if kind.plural != "events" else []
+    hidden: set[str] = set()
+    if kind.group == "" and kind.plural == "configmaps":
+        for vm in lab().list_or_empty(user(), VMOP, "virtualmachines", ns):
+            raw = ((((vm.get("spec") or {}).get("bootstrap") or {}).get("cloudInit") or {})
+                   .get("rawCloudConfig") or {})
+            if raw.get("name") == name:
+                hidden.add(raw.get("key") or "user-data")
     logs = [s for s in lab().logs.subresources(kind.group, kind.plural)
             if lab().can(user(), "get", kind.group, kind.plural, ns, name, s)]
     return render_template("object.html", ns=ns, namespace=namespace, kind=kind, obj=obj,
-                           events=events, logs=logs)
+                           events=events, logs=logs, bootstrap_keys=frozenset(hidden))
 
 
 @bp.get("/cluster")
@@ -124,4 +132,4 @@ def cluster_show(group: str, plural: str, name: str) -> str:
     except errors.ApiError as err:
         return _error_page(err)  # type: ignore[no-any-return]
     return render_template("object.html", ns=None, namespace=None, kind=kind, obj=obj,
-                           events=[], logs=[])
+                           events=[], logs=[], bootstrap_keys=frozenset())
