@@ -31,7 +31,7 @@ import yaml
 
 from appliance import errors
 from appliance.agent.vmnames import DOMAIN_PREFIX, disk_name, domain_name, seed_name
-from appliance.controllers.base import Controller, PermanentError, TemporaryError
+from appliance.controllers.base import Controller, PermanentError, TemporaryError, merge_diff
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import (GROUP, STORAGE, VM_FINALIZER, boot_disk_bytes, cloud_config_problem,
@@ -54,6 +54,9 @@ CONFIGMAPS = Ref("", "v1", "configmaps")
 
 POOL = "pacific-vms"
 SSH_USER = "pacific"
+#: Run last on first boot: what cloud-init wrote (SSH host keys above all) reaches
+#: the disk, so a hard power-off right after cannot leave empty key files behind.
+FLUSH = ["sync"]
 
 POWER = {"PoweredOn": "running", "PoweredOff": "shutoff", "Suspended": "paused"}
 OBSERVED = {"running": "PoweredOn", "blocked": "PoweredOn", "paused": "Suspended",
@@ -133,9 +136,10 @@ class VmController(Controller):
         finally:
             status["conditions"] = conditions
             status["host"] = self.node_name
-            if status != (vm.get("status") or {}):
-                self.api.patch(self.ref, meta["namespace"], meta["name"], {"status": status},
-                               subresource="status")
+            current = vm.get("status") or {}
+            if status != current:
+                self.api.patch(self.ref, meta["namespace"], meta["name"],
+                               {"status": merge_diff(current, status)}, subresource="status")
         return again
 
     # -- phases ------------------------------------------------------------------------
@@ -200,12 +204,14 @@ class VmController(Controller):
         ours = {"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
                 "lock_passwd": True, "ssh_authorized_keys": [public, *extra_keys]}
         if not text.startswith("#cloud-config"):
-            return _multipart(("text/cloud-config",
-                               "#cloud-config\n" + yaml.safe_dump({"users": ["default", ours]})),
+            return _multipart(("text/cloud-config", "#cloud-config\n" + yaml.safe_dump(
+                {"users": ["default", ours], "runcmd": [FLUSH]})),
                               ("text/x-shellscript", text))
         config = yaml.safe_load(text) or {}
         users = config.get("users")
         config["users"] = (list(users) if isinstance(users, list) else ["default"]) + [ours]
+        runcmd = config.get("runcmd")
+        config["runcmd"] = (list(runcmd) if isinstance(runcmd, list) else []) + [FLUSH]
         return "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
 
     def ensure_disk(self, vm: Obj, cls: Obj, image: ImageFiles) -> Path:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from appliance import errors
 from appliance.kinds.registry import Obj
@@ -158,6 +159,21 @@ class Controller:
             except Exception:
                 LOG.exception("%s: watch failed; listing again", self.name)
                 stop.wait(5.0)
+
+
+def merge_diff(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns ``old`` into ``new`` (null removes a key)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_diff(old[key], value) if isinstance(value, dict) else value
+    return patch
 
 
 def _key(obj: Obj) -> tuple[str, str]:

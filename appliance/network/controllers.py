@@ -143,6 +143,27 @@ def detect_datapath(settings: Settings) -> str:
 # -- namespaces ---------------------------------------------------------------------------
 
 
+#: Namespace annotations read when the namespace's network is made (vSphere's
+#: "override the supervisor's network settings" when a namespace is created).
+CIDRS_ANNOTATION = "pacific.lab/network-cidrs"  # comma-separated subnets
+PREFIX_ANNOTATION = "pacific.lab/subnet-prefix-length"
+SNAT_ANNOTATION = "pacific.lab/snat"  # "false": routed, no NAT
+
+
+def network_spec_from(ns: Obj, config: NetworkConfig) -> Obj:
+    notes = ns["metadata"].get("annotations") or {}
+    spec: Obj = {"snat": config.snat_default}
+    if notes.get(SNAT_ANNOTATION, "").strip().lower() in ("false", "no", "0", "off"):
+        spec["snat"] = False
+    cidrs = [c.strip() for c in notes.get(CIDRS_ANNOTATION, "").split(",") if c.strip()]
+    if cidrs:
+        spec["cidrs"] = cidrs
+    prefix = notes.get(PREFIX_ANNOTATION, "").strip()
+    if prefix.isdigit():
+        spec["subnetPrefixLength"] = int(prefix)
+    return spec
+
+
 class NamespaceNetworks(Controller):
     """Every namespace gets a VirtualNetwork ``default`` (unless excluded)."""
 
@@ -165,10 +186,13 @@ class NamespaceNetworks(Controller):
                 self.api.create(NETWORKS, name, {
                     "apiVersion": f"{NET_GROUP}/{NET_VERSION}", "kind": "VirtualNetwork",
                     "metadata": {"name": DEFAULT_NETWORK},
-                    "spec": {"snat": self.config.snat_default}})
+                    "spec": network_spec_from(ns, self.config)})
                 LOG.info("[%s] VirtualNetwork %s created", name, DEFAULT_NETWORK)
             except errors.ApiError as err:
-                if err.code not in (403, 409):  # 403: the namespace is terminating
+                if err.code == 422:  # bad annotations: say so on the namespace
+                    events.record(self.api, ns, "Warning", "InvalidNetworkSettings",
+                                  err.message)
+                elif err.code not in (403, 409):  # 403: the namespace is terminating
                     raise
         return None
 

@@ -25,7 +25,8 @@ _MESSAGE_LIMIT = 1024
 
 def record(api: ResourceApi, involved: Obj, type_: str, reason: str, message: str) -> None:
     meta = involved.get("metadata") or {}
-    namespace = meta.get("namespace") or "default"
+    namespace = meta.get("namespace") or (meta.get("name") if involved.get("kind") == "Namespace"
+                                           else "") or "default"
     message = message[:_MESSAGE_LIMIT]
     digest = hashlib.sha1(f"{meta.get('uid')}/{reason}/{message}".encode(),
                           usedforsecurity=False).hexdigest()[:10]

@@ -85,6 +85,10 @@ def test_vm_lifecycle(vmlab: LabServer, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     rc, out, _ = run_command(ip, "alice", private, "cat /srv/hello.txt", 120, known_hosts=known)
     assert rc == 0 and out == "hello from cloud-init\n"
+    # As a user would, let cloud-init finish before pulling the plug.
+    rc, out, _ = run_command(ip, "alice", private, "cloud-init status --wait", 600,
+                             known_hosts=known)
+    assert rc == 0 and "done" in out
     # `lab ssh` with the appliance's own key for the VM.
     proc = subprocess.run([*vmlab_cli(vmlab), "ssh", "vm", f"{ns}/web-1", "--kubeconfig",
                            str(kc.kubeconfig), "hostname"], env=vmlab.env, capture_output=True,
@@ -98,11 +102,6 @@ def test_vm_lifecycle(vmlab: LabServer, tmp_path: Path) -> None:
     bad = kc.run("patch", "vm", "web-1", "-n", ns, "--type", "merge",
                  "-p", '{"spec":{"className":"best-effort-small"}}', check=False)
     assert bad.returncode == 1 and "field is immutable" in bad.stderr
-    # Drift: destroyed and undefined behind the appliance's back, it comes back.
-    virsh("destroy", dom)
-    virsh("undefine", dom)
-    wait_for("the domain to be redefined and running", lambda: domain_state(dom) == "running",
-             120, 2)
     # Power off and on through spec.powerState.
     kc.run("patch", "vm", "web-1", "-n", ns, "--type", "merge",
            "-p", '{"spec":{"powerState":"PoweredOff"}}')
@@ -113,6 +112,11 @@ def test_vm_lifecycle(vmlab: LabServer, tmp_path: Path) -> None:
     status = wait_for("Ready again", lambda: ready(kc, ns, "web-1"), BOOT_TIMEOUT, 5)
     rc, out, _ = run_command(ip, "alice", private, "cat /srv/hello.txt", 120, known_hosts=known)
     assert rc == 0 and out == "hello from cloud-init\n"
+    # Drift: destroyed and undefined behind the appliance's back, it comes back.
+    virsh("destroy", dom)
+    virsh("undefine", dom)
+    wait_for("the domain to be redefined and running", lambda: domain_state(dom) == "running",
+             120, 2)
     # Delete: nothing is left behind.
     kc.run("delete", "vm", "web-1", "-n", ns, "--timeout=180s")
     assert dom not in virsh("list", "--all", "--name").split()
