@@ -165,9 +165,6 @@ class Usage:
     def full(self) -> bool:
         return self.used >= self.hard
 
-    @property
-    def high(self) -> float:
-        return self.hard * 0.8
 
 
 def usage_rows(quota: Obj | None) -> list[Usage]:
