@@ -231,14 +231,16 @@ def to_yaml(obj: Obj, bootstrap_keys: frozenset[str] = frozenset()) -> str:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>78DEHMc]|\x1b\][^\x07]*"
                    r"(?:\x07|\x1b\\)")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BLANK_RUN = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}\n")
 
 
 def console_text(text: str) -> str:
     """A serial console log as plain text: no terminal escapes, no carriage returns."""
     text = _ANSI.sub("", text)
-    text = text.replace("\r\n", "\n")
-    text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
-    return _CONTROL.sub("", text)
+    # A carriage return inside a line redraws it: keep what was drawn last.
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
+    text = _CONTROL.sub("", "\n".join(lines))
+    return _BLANK_RUN.sub("\n\n", text)  # screens cleared by getty and friends
 
 
 # -- registration ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Form:
         self.errors: dict[str, list[str]] = {}
         self.message: str = ""  # for the top of the page
         self.reason: str = ""  # the API's reason for ``message`` (Forbidden, Invalid, ...)
+        self.quota: list[str] = []  # the quota refusal in words, one line per limit
 
     def get(self, key: str, default: str = "") -> str:
         return (self.data.get(key) or default).strip()
@@ -62,6 +63,33 @@ class Form:
         if unmatched or not self.errors:
             self.message = err.message
             self.reason = err.reason
+            self.quota = quota_explanation(err.message)
+
+
+_QUOTA = re.compile(r"exceeded quota: ([^,]+), requested: (.*?), used: (.*?), limited: (.*)$")
+
+
+def quota_explanation(message: str) -> list[str]:
+    """Kubernetes' "exceeded quota" message as sentences: which limit, used, asked for."""
+    from web.filters import fmt_quantity
+
+    m = _QUOTA.search(message)
+    if not m:
+        return []
+
+    def pairs(text: str) -> dict[str, str]:
+        return dict(p.split("=", 1) for p in text.split(",") if "=" in p)
+
+    requested, used, limited = pairs(m.group(2)), pairs(m.group(3)), pairs(m.group(4))
+    lines = []
+    for key, amount in requested.items():
+        spec = LIMIT_BY_KEY.get(key)
+        label = spec.label if spec else key
+        unit = f" {spec.unit}" if spec and spec.kind != "bytes" else ""
+        lines.append(f"{label}: this needs {fmt_quantity(key, amount)}{unit}, and "
+                     f"{fmt_quantity(key, used.get(key))} of the limit of "
+                     f"{fmt_quantity(key, limited.get(key))}{unit} are in use already.")
+    return lines
 
 
 def _cause_text(message: str) -> str:

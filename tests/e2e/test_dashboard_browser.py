@@ -162,6 +162,8 @@ def test_dashboard_in_a_browser(vmlab: LabServer, browser: Browser, tmp_path: Pa
     dev.get_by_role("button", name="Create VM").click()
     alert = dev.get_by_role("alert")
     expect(alert).to_contain_text("Over the namespace's limits")
+    expect(alert).to_contain_text("CPU: this needs 2 vCPUs, and 2 of the limit of 2 vCPUs are "
+                                  "in use already.")
     expect(alert).to_contain_text("exceeded quota: pacific-limits, requested: requests.cpu=2, "
                                   "used: requests.cpu=2, limited: requests.cpu=2")
     shot(dev, "quota-error")

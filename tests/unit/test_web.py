@@ -487,6 +487,7 @@ def test_editor_creates_a_vm_from_the_form_and_quota_refuses_the_next(lab: Any) 
     assert over.status_code == 403
     html = plain(over)
     assert "Over the namespace's limits" in html
+    assert "CPU: this needs 2 vCPUs, and 2 of the limit of 2 vCPUs are in use already." in html
     assert "exceeded quota: pacific-limits, requested: requests.cpu=2, used: requests.cpu=2, " \
            "limited: requests.cpu=2" in html
     assert names(sup, VMOP, "virtualmachines", "dev") == ["web-1"]
