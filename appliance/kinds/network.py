@@ -277,8 +277,9 @@ def _peer_causes(path: str, peer: Obj) -> list[Cause]:
                 causes.append(Cause(f"{path}.ipBlock.except[{j}]", f"Invalid value: {text!r}: "
                                                                    f"{exc}"))
                 continue
-            if excepted.version != cidr.version or not excepted.subnet_of(cidr) or \
-                    excepted == cidr:  # type: ignore[arg-type]
+            inside = excepted.version == cidr.version and \
+                excepted.subnet_of(cidr)  # type: ignore[arg-type]
+            if not inside or excepted == cidr:
                 causes.append(Cause(f"{path}.ipBlock.except[{j}]",
                                     f"Invalid value: {text!r}: must be a strict subset of "
                                     f"{cidr}"))

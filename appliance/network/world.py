@@ -118,12 +118,12 @@ def read_world(api: ResourceApi, config: NetworkConfig) -> World:
     workloads = []
     for itf in interfaces:
         meta = itf["metadata"]
-        addr = addresses.get(meta["uid"])
-        if addr is None or meta.get("deletionTimestamp"):
+        found = addresses.get(meta["uid"])
+        if found is None or meta.get("deletionTimestamp"):
             continue
         spec = itf.get("spec") or {}
         workloads.append(Workload(
-            namespace=meta["namespace"], name=meta["name"], ip=addr,
+            namespace=meta["namespace"], name=meta["name"], ip=found,
             mac=str(spec.get("macAddress") or mac_for(meta["uid"])).lower(),
             port=config.workload_port(meta["uid"]),
             hostname=str(spec.get("hostName") or meta["name"]),
