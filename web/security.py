@@ -85,6 +85,8 @@ def end_session() -> None:
 
 def _load_user() -> None:
     g.user = None
+    if request.endpoint == "static":
+        return
     name = session.get("user")
     if not name:
         return
