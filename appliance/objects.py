@@ -282,6 +282,8 @@ class ObjectService:
                     fins.append(fin)
         if not kind.storable:
             raise errors.method_not_allowed(f"{kind.plural} are answered, not stored")
+        if kind.namespaced:  # validation hooks see where the object will live
+            obj["metadata"]["namespace"] = t.namespace
         with self.store.write(dry_run=opts.dry_run) as txn:
             self.authorize(txn, user, "create", t, name)
             self._check_namespace(txn, t)
@@ -351,6 +353,8 @@ class ObjectService:
                     applied.pop("status", None)
                 if kind.prepare_create is not None:
                     kind.prepare_create(applied)
+                if kind.namespaced:
+                    applied["metadata"]["namespace"] = t.namespace
                 self._check_namespace(txn, t)
                 self._validate(txn, user, t, applied, None, "CREATE")
                 quota.check(txn, self.registry, kind, t.namespace, t.name, applied, None)

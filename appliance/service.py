@@ -149,7 +149,7 @@ class HostService:
     def _dashboard(self, sup: Supervisor) -> Any:
         from web import create_app
 
-        return create_app(supervisor=sup)
+        return create_app(supervisor=sup, logs=self.api.logs)
 
     def _serve(self, app: Any, port: int, name: str) -> None:
         server = wsgi.Server((self.settings.api_bind, port), app, numthreads=96,

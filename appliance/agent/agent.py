@@ -44,9 +44,10 @@ def node_object(facts: dict[str, Any]) -> dict[str, Any]:
         "status": {
             "capacity": capacity, "allocatable": dict(capacity), "addresses": addresses,
             "nodeInfo": {
-                "kubeletVersion": NODE_VERSION, "kernelVersion": str(facts.get("kernel") or ""),
+                "kubeletVersion": NODE_VERSION, "kernelVersion": str(facts.get("kernel_version") or ""),
                 "osImage": str(facts.get("os") or "Debian GNU/Linux 12 (bookworm)"),
-                "containerRuntimeVersion": f"libvirt://{facts.get('libvirt_version') or ''}",
+                "containerRuntimeVersion": f"libvirt://{facts.get('libvirt_version') or ''}"
+                                           f" qemu/{facts.get('qemu_version') or ''}",
                 "architecture": "amd64", "operatingSystem": "linux",
                 "machineID": str(facts.get("machine_id") or ""),
             },

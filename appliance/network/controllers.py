@@ -619,6 +619,17 @@ class ServiceController(Controller):
                 conditions = self._set(svc, conditions, "False", exc.reason, exc.message, gen)
                 raise PermanentError(exc.message) from exc
             if v.type == "LoadBalancer":
+                # Published once the VIP is on the host: an address handed out earlier
+                # would be routed wherever the host's routes say until then.
+                network = get_or_none(self.api, NETWORKS, ns, DEFAULT_NETWORK) or {}
+                gateway_port = (network.get("status") or {}).get("gatewayPort") or ""
+                if not gateway_port or not ovsview.has_address(gateway_port, str(addr)):
+                    status.pop("loadBalancer", None)
+                    conditions = set_condition(conditions, READY, "False", "Provisioning",
+                                               f"VIP {addr} is being configured on the host",
+                                               gen)
+                    self.kick(ns)
+                    return 1.0
                 status["loadBalancer"] = {"ingress": [{"ip": str(addr)}]}
             else:
                 status.pop("loadBalancer", None)

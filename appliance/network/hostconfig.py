@@ -59,7 +59,12 @@ def host_vars(config: NetworkConfig, datapath: str, install_packages: bool = Tru
         "dir": str(config.network_dir), "base_cookie": BASE_COOKIE,
         "base_flows": flowlib.base_flows(),
         "packages": list(PACKAGES) if install_packages else [],
+        "ranges": _ranges(config),
     }}
+
+
+def _ranges(config: NetworkConfig) -> list[str]:
+    return [config.pool_cidr, config.ingress_cidr, config.cluster_ip_cidr]
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def absent_vars(config: NetworkConfig, namespace: str, vlan: int) -> dict[str, A
 
 def host_absent_vars(config: NetworkConfig) -> dict[str, Any]:
     return {"lab_net": {"bridge": config.bridge, "tag": config.tag,
-                        "dir": str(config.network_dir)}}
+                        "dir": str(config.network_dir), "ranges": _ranges(config)}}
 
 
 def listeners_unsupported(listeners: Sequence[Listener]) -> list[Listener]:

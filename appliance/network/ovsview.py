@@ -24,6 +24,10 @@ def ports(bridge: str) -> list[ovs.OvsPort]:
     return ovs.list_ports(bridge)
 
 
+def has_address(link: str, address: str) -> bool:
+    return any(a.split("/")[0] == address for a in ovs.link_addresses(link))
+
+
 def drift(host: NamespaceHost) -> list[str]:
     """What differs between ``host`` and this host ([] when nothing does)."""
     c, s = host.config, host.segment
