@@ -130,6 +130,7 @@ class Bench:
         self.api = LocalApi(self.service)
         self.stack = NetworkStack(self.api, self.settings, self.config)
         self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
         self.netns: list[ovs.NetnsHost] = []
         self.playbook_seconds: list[tuple[str, float]] = []
         original = self.stack.networks.run_playbook
@@ -154,9 +155,10 @@ class Bench:
         started = time.monotonic()
         self.stack.networks.ensure_host()
         host_seconds = time.monotonic() - started
-        self.stack.run(self.stop)
-        threading.Thread(target=NamespaceController(self.service).run, args=(self.stop,),
-                         daemon=True).start()
+        self.threads = self.stack.run(self.stop)
+        self.threads.append(threading.Thread(target=NamespaceController(self.service).run,
+                                             args=(self.stop,), daemon=True))
+        self.threads[-1].start()
         return host_seconds
 
     def provision(self, name: str) -> dict[str, float]:
@@ -199,7 +201,8 @@ class Bench:
 
     def close(self) -> None:
         self.stop.set()
-        time.sleep(0.5)
+        for thread in self.threads:  # a playbook run in progress finishes first
+            thread.join(300)
         try:
             self.stack.networks.remove_host()
         finally:
@@ -322,7 +325,10 @@ def main() -> None:
         result["attach_to_lease_seconds"] = [t1, t2]
         result["ovs_segment"] = throughput(h2, h1, ip2, args.seconds, base)
     finally:
-        bench.close()
+        try:
+            bench.close()
+        finally:
+            shutil.rmtree(base / "state", ignore_errors=True)
     result["ovs_normal_only"] = ovs_normal_baseline(tag, result["datapath"], args.seconds, base)
     result["linux_bridge"] = linux_bridge_baseline(tag, args.seconds, base, offload_off=False)
     result["linux_bridge_tx_csum_off"] = linux_bridge_baseline(tag, args.seconds, base,

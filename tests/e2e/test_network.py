@@ -11,6 +11,7 @@ network namespace the test makes).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from appliance.network.allocator import ADDRESSES, SUBNETS, VLANS
 from appliance.network.config import NetworkConfig
 from appliance.network.controllers import NetworkStack, VirtualNetworkController
 from appliance.network.world import INTERFACES, NETWORKS, POLICIES, SERVICES, VMSERVICES
-from appliance.objects import SYSTEM, ObjectService, Target
+from appliance.objects import ObjectService, Target
 from appliance.resources import LocalApi, Ref
 from appliance.settings import Settings, load_settings
 from appliance.store.db import make_engine, migrate
@@ -70,16 +70,20 @@ servers[0].serve_forever()
 
 PROBE = r'''
 import socket, sys
+http = len(sys.argv) > 4 and sys.argv[4] == "http"
 try:
     with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as c:
         c.settimeout(float(sys.argv[3]))
+        if http:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
         data = b""
         while True:
             chunk = c.recv(100)
             if not chunk:
                 break
             data += chunk
-    print(data.decode().strip())
+    text = data.decode(errors="replace").strip()
+    print(text.splitlines()[-1] if http and text else text)
 except OSError as exc:
     print("FAIL", exc)
     sys.exit(1)
@@ -92,7 +96,8 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/$subnet" dev "$interface"
     ip route replace default via "$router"
-    echo "{\"ip\": \"$ip\", \"subnet\": \"$subnet\", \"router\": \"$router\", \"dns\": \"$dns\", \"domain\": \"$domain\"}" > "$LEASE_FILE"
+    printf '{"ip": "%s", "subnet": "%s", "router": "%s", "dns": "%s", "domain": "%s"}\n' \
+      "$ip" "$subnet" "$router" "$dns" "$domain" > "$LEASE_FILE"
     ;;
 esac
 exit 0
@@ -125,9 +130,11 @@ class Lab:
     stack: NetworkStack
     stop: threading.Event
     scripts: Path
+    threads: list[threading.Thread] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
     extra_netns: list[ovs.NetnsHost] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
 
     # names
     def ns(self, short: str) -> str:
@@ -215,9 +222,10 @@ class Lab:
         self.processes.append(proc)
         return proc
 
-    def probe(self, netns: ovs.NetnsHost | None, ip: str, port: int, timeout: float = 1.5
-              ) -> str | None:
-        cmd = [sys.executable, str(self.scripts / "probe.py"), ip, str(port), str(timeout)]
+    def probe(self, netns: ovs.NetnsHost | None, ip: str, port: int, timeout: float = 1.5,
+              http: bool = False) -> str | None:
+        cmd = [sys.executable, str(self.scripts / "probe.py"), ip, str(port), str(timeout),
+               *(["http"] if http else [])]
         done = (netns.exec(cmd, check=False, timeout=timeout + 10) if netns is not None
                 else run(cmd, check=False, timeout=timeout + 10))
         return done.stdout.strip() if done.rc == 0 else None
@@ -291,12 +299,15 @@ def lab() -> Iterator[Lab]:
     try:
         _make_uplink(lab)
         stack.networks.ensure_host()  # installs ethtool etc. before test hosts need them
-        stack.run(stop)
+        lab.threads += stack.run(stop)
         namespaces = NamespaceController(service)
-        threading.Thread(target=namespaces.run, args=(stop,), daemon=True).start()
+        lab.threads.append(threading.Thread(target=namespaces.run, args=(stop,), daemon=True))
+        lab.threads[-1].start()
         yield lab
     finally:
         stop.set()
+        for thread in lab.threads:  # a playbook run in progress finishes first
+            thread.join(300)
         for proc in lab.processes:
             if proc.poll() is None:
                 proc.terminate()
@@ -307,7 +318,15 @@ def lab() -> Iterator[Lab]:
                     proc.wait(5)
             if proc.stdout is not None:
                 proc.stdout.close()
-        time.sleep(0.5)  # let a playbook run of the stopped controllers finish
+        if lab.domains:
+            from hypervisor.libvirt_driver import LibvirtDriver
+
+            driver = LibvirtDriver()
+            try:
+                for name in lab.domains:
+                    driver.ensure_absent(name)
+            finally:
+                driver.close()
         try:
             stack.networks.remove_host()
         finally:
@@ -328,6 +347,11 @@ def test_playbooks_are_idempotent(lab: Lab) -> None:
     assert first.succeeded and second.succeeded
     assert second.changed == 0, second
     assert ovs.bridge_datapath(lab.config.bridge) == lab.stack.networks.datapath
+    # nothing addressed to the lab's ranges can follow the default route off the host
+    for cidr in (lab.config.pool_cidr, lab.config.ingress_cidr, lab.config.cluster_ip_cidr):
+        probe = str(next(ipaddress.ip_network(cidr).hosts()))
+        done = run(["ip", "route", "get", probe], check=False)
+        assert done.rc != 0 and "No route to host" in done.stderr, done
     expected = "system" if Path("/sys/module/openvswitch").is_dir() else None
     if expected:
         assert lab.stack.networks.datapath == expected
@@ -344,8 +368,6 @@ def test_namespaces_get_segments(lab: Lab) -> None:
     for net in (a, b):
         subnet = net["status"]["subnets"][0]
         assert subnet["cidr"].endswith("/28")
-        import ipaddress
-
         assert ipaddress.ip_network(subnet["cidr"]).subnet_of(pool)
         port = next(p for p in ovs.list_ports(lab.config.bridge)
                     if p.name == net["status"]["gatewayPort"])
@@ -399,6 +421,99 @@ def test_tcp_inside_a_namespace_works_and_across_is_dropped(lab: Lab) -> None:
     assert lab.probe(None, lab.hosts["b/web"].ip, 8080) == "web"
 
 
+VM_INIT = """\
+ip link set lo up
+ip link set eth0 up
+i=0
+until udhcpc -i eth0 -q -n -t 5 -T 1 -s /bin/dhcp.sh; do
+  i=$((i+1)); [ $i -ge 30 ] && break
+done
+httpd -p 8080 -h /www
+echo "VM-READY"
+sleep 900
+poweroff -f
+"""
+VM_DHCP = b"""#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$subnet" dev "$interface"
+    ip route add default via "$router"
+    echo "VM-LEASE ip=$ip router=$router domain=$domain"
+    ;;
+esac
+exit 0
+"""
+
+
+def test_a_vm_on_the_segment(lab: Lab) -> None:
+    """A real guest (busybox micro-VM, direct kernel boot) on namespace A's VLAN: it gets
+    its address from dnsmasq, answers inside the namespace, not across, and behind a VIP."""
+    from hypervisor.domain import QBOOT_ROM, DomainSpec, KernelBoot, NicSpec
+    from hypervisor.hostfacts import detect_accelerator
+    from hypervisor.libvirt_driver import LibvirtDriver
+    from tests.support.busybox import VIRTIO_NET_MODULES, build_initramfs, find_kernel
+
+    ns = lab.ns("a")
+    lab.create(INTERFACES, ns, {
+        "apiVersion": "vmware.com/v1alpha1", "kind": "VirtualNetworkInterface",
+        "metadata": {"name": "vm1", "labels": {"app": "vm"}}, "spec": {}})
+    itf = wait_for("the VM's address", lambda: (lambda i: i if ((i or {}).get("status") or {})
+                                                 .get("ipAddresses") else None)(
+        lab.get(INTERFACES, ns, "vm1")), 60, 0.3)
+    status = itf["status"]
+    vmlinuz, release = find_kernel()
+    boot = lab.base / "boot"
+    boot.mkdir(mode=0o755, exist_ok=True)
+    kernel = boot / vmlinuz.name
+    shutil.copyfile(vmlinuz, kernel)
+    kernel.chmod(0o644)
+    initrd = build_initramfs(boot / "initrd.gz", VM_INIT, VIRTIO_NET_MODULES,
+                             kernel_release=release,
+                             extra_files={"/bin/dhcp.sh": VM_DHCP, "/www/index.html": b"vm1\n"})
+    console = lab.base / "vm1.console"
+    name = f"pytest-net-{lab.tag}-vm1"
+    accel = detect_accelerator()[0]
+    spec = DomainSpec(
+        name=name, uuid=itf["metadata"]["uid"], vcpus=1, memory_mib=192,
+        accelerator="kvm" if accel == "kvm" else "tcg", loader_rom=QBOOT_ROM,
+        kernel=KernelBoot(kernel, initrd, "console=ttyS0 panic=-1"),
+        nics=(NicSpec(status["macAddress"], "ovs", status["bridge"],
+                      port_name=status["portName"], vlan=status["vlan"],
+                      csum_offload_off=lab.stack.networks.datapath == "netdev"),),
+        serial_log=console)
+    driver = LibvirtDriver()
+    try:
+        lab.domains.append(name)
+        driver.ensure_defined(spec)
+        driver.ensure_power(name, "running")
+    finally:
+        driver.close()
+    text = wait_for("the VM's DHCP lease and httpd", lambda: (
+        console.read_text(errors="replace") if console.exists() and
+        "VM-READY" in console.read_text(errors="replace") else None), 180, 1.0)
+    ip = status["ipAddresses"][0]["ip"]
+    assert f"VM-LEASE ip={ip} router={status['ipAddresses'][0]['gateway']} " \
+           f"domain={ns}.{lab.config.dns_domain}" in text, text[-2000:]
+    port = next(p for p in ovs.list_ports(lab.config.bridge) if p.name == status["portName"])
+    assert port.tag == status["vlan"]
+    answer = wait_for("a/web reaches the VM", lambda: lab.probe(
+        lab.hosts["a/web"].netns, ip, 8080, 3, http=True), 60, 1.0)
+    assert answer == "vm1"
+    assert lab.probe(lab.hosts["b/web"].netns, ip, 8080, 2, http=True) is None
+    lab.create(VMSERVICES, ns, {
+        "apiVersion": "vmoperator.vmware.com/v1alpha5", "kind": "VirtualMachineService",
+        "metadata": {"name": "vm"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "vm"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+
+    def through_vip() -> str | None:
+        svc = lab.get(VMSERVICES, ns, "vm") or {}
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        return lab.probe(None, ingress[0]["ip"], 80, 3, http=True) if ingress else None
+    assert wait_for("the VM behind its VIP", through_vip, 60, 1.0) == "vm1"
+
+
 def test_network_policy_opens_exactly_one_port(lab: Lab) -> None:
     ns_b = lab.ns("b")
     lab.create(POLICIES, ns_b, {
@@ -442,8 +557,8 @@ def test_snat_to_the_uplink_and_routed_mode(lab: Lab) -> None:
              lambda: lab.probe(bweb.netns, lab.remote_ip, 9000) == lab.uplink_host_ip, 60, 0.5)
 
 
-def _haproxy_servers(lab: Lab, ns: str) -> dict[str, str]:
-    """``server name -> status`` from the namespace's HAProxy stats socket."""
+def _haproxy_servers(lab: Lab, ns: str, listener: str) -> dict[str, str]:
+    """``server name -> status`` of one listener, from the namespace's HAProxy stats socket."""
     sock = lab.config.namespace_dir(lab.network(ns)["status"]["vlan"]) / "haproxy.sock"
     import socket as socketlib
 
@@ -456,7 +571,8 @@ def _haproxy_servers(lab: Lab, ns: str) -> dict[str, str]:
     out = {}
     for line in data.decode().splitlines()[1:]:
         fields = line.split(",")
-        if len(fields) > 17 and fields[1] not in ("FRONTEND", "BACKEND"):
+        if len(fields) > 17 and fields[0] == listener and \
+                fields[1] not in ("FRONTEND", "BACKEND"):
             out[fields[1]] = fields[17]
     return out
 
@@ -474,8 +590,6 @@ def test_load_balancer_spreads_and_drops_a_dead_backend(lab: Lab) -> None:
         ingress = (((svc or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress")
         return ingress[0]["ip"] if ingress else None
     address = wait_for("a VIP", vip, 30, 0.3)
-    import ipaddress
-
     assert ipaddress.ip_address(address) in lab.config.layout.ingress
     answers: list[str] = []
 
@@ -500,9 +614,10 @@ def test_load_balancer_spreads_and_drops_a_dead_backend(lab: Lab) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    listener = "virtualmachineservice-web-tcp-80"
     wait_for("the health check marks the stopped backend DOWN",
-             lambda: _haproxy_servers(lab, ns_a) == {"web": "UP", "db": "DOWN"}, 30, 0.5,
-             describe=lambda: str(_haproxy_servers(lab, ns_a)))
+             lambda: _haproxy_servers(lab, ns_a, listener) == {"web": "UP", "db": "DOWN"}, 30,
+             0.5, describe=lambda: str(_haproxy_servers(lab, ns_a, listener)))
     assert all(lab.probe(None, address, 80) == "web" for _ in range(10))
 
 
