@@ -494,6 +494,27 @@ class VirtualNetworkController(Controller):
         self.run_playbook(hostconfig.HOST_ABSENT_PLAYBOOK,
                           hostconfig.host_absent_vars(self.config), None)
         self.host_ready = False
+        with self._lock:
+            self.applied.clear()
+
+
+def remove_host_network(settings: Settings, config: NetworkConfig | None = None) -> None:
+    """Remove everything the network layer made on this host (``lab down``).
+
+    Safe while the host service is stopped: on the next start the controllers
+    configure every namespace again from the store. Raises NetworkConfigError
+    naming the failing task.
+    """
+    config = config or NetworkConfig.from_settings(settings)
+    try:
+        result = run_playbook(settings, hostconfig.HOST_ABSENT_PLAYBOOK,
+                              hostconfig.host_absent_vars(config),
+                              playbooks_dir=config.playbooks_dir, timeout=600)
+    except PlaybookError as exc:
+        raise NetworkConfigError("PlaybookError", str(exc)) from exc
+    if not result.succeeded:
+        raise NetworkConfigError("PlaybookFailed", _failure_message(
+            hostconfig.HOST_ABSENT_PLAYBOOK, result))
 
 
 # -- interfaces -----------------------------------------------------------------------------
