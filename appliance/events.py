@@ -1,4 +1,10 @@
-"""Recording core/v1 Events about objects (what `kubectl describe` shows)."""
+"""core/v1 Events about objects (what `kubectl describe` and the dashboard show).
+
+Written through a ResourceApi, so controllers in the supervisor and in host
+agents record them alike. The same reason and message on the same object
+bump ``count`` instead of piling up. Events are best effort: failing to
+record one is logged, never raised.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +14,32 @@ import socket
 
 from appliance import errors
 from appliance.kinds.registry import Obj
-from appliance.objects import SYSTEM, ObjectService, Target
+from appliance.resources import Ref, ResourceApi
 from appliance.util.timefmt import now_rfc3339
 
 LOG = logging.getLogger(__name__)
 
+EVENTS = Ref("", "v1", "events")
+MESSAGE_LIMIT = 1024
 
-def record(service: ObjectService, involved: Obj, type_: str, reason: str, message: str,
+
+def record(api: ResourceApi, involved: Obj, type_: str, reason: str, message: str,
            component: str = "pacific-lab") -> None:
-    """Create an Event for ``involved``, or bump the count of the same one."""
     meta = involved.get("metadata") or {}
-    namespace = meta.get("namespace") or "default"
+    namespace = meta.get("namespace") or (meta.get("name") if involved.get("kind") == "Namespace"
+                                           else "") or "default"
+    message = message[:MESSAGE_LIMIT]
     digest = hashlib.sha1(f"{meta.get('uid')}/{reason}/{message}".encode(),
                           usedforsecurity=False).hexdigest()[:10]
     name = f"{meta.get('name', 'object')}.{digest}"
-    kind = service.registry.by_group_plural("", "events")
-    assert kind is not None
     now = now_rfc3339()
     try:
         try:
-            current = service.get(SYSTEM, Target(kind, "v1", namespace, name))
+            current = api.get(EVENTS, namespace, name)
         except errors.ApiError as err:
             if err.code != 404:
                 raise
-            service.create(SYSTEM, Target(kind, "v1", namespace), {
+            api.create(EVENTS, namespace, {
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"name": name, "namespace": namespace},
                 "involvedObject": {"apiVersion": involved.get("apiVersion", ""),
@@ -43,9 +51,8 @@ def record(service: ObjectService, involved: Obj, type_: str, reason: str, messa
                 "source": {"component": component, "host": socket.gethostname()},
                 "reportingComponent": component})
             return
-        service.patch(SYSTEM, Target(kind, "v1", namespace, name),
-                      "application/merge-patch+json",
-                      {"count": int(current.get("count") or 1) + 1, "lastTimestamp": now})
-    except errors.ApiError as err:  # events are best effort, never fatal
-        LOG.warning("could not record event %s on %s/%s: %s", reason, namespace,
-                    meta.get("name"), err)
+        api.patch(EVENTS, namespace, name, {"count": int(current.get("count") or 1) + 1,
+                                            "lastTimestamp": now})
+    except errors.ApiError as err:
+        LOG.warning("[%s/%s] could not record event %s: %s", namespace, meta.get("name"),
+                    reason, err)

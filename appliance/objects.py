@@ -172,21 +172,25 @@ class ObjectService:
             fields = parse_field_selector(field_selector) if field_selector else None
         except SelectorError as exc:
             raise errors.bad_request(f"unable to parse requirement: {exc}") from exc
+        allowed = ("metadata.name", "metadata.namespace", *t.kind.field_selectors)
         if fields is not None:
             for req in fields.requirements:
-                if req[0] not in ("metadata.name", "metadata.namespace"):
+                if req[0] not in allowed:
                     raise errors.bad_request(
-                        f'"{req[0]}" is not a known field selector: only "metadata.name", '
-                        f'"metadata.namespace"')
+                        f'"{req[0]}" is not a known field selector: only '
+                        + ", ".join(f'"{a}"' for a in allowed))
 
         def match(stored: Obj) -> bool:
             meta = stored.get("metadata") or {}
             if labels is not None and not labels.matches(meta.get("labels") or {}):
                 return False
             if fields is not None:
-                values = {"metadata.name": meta.get("name", ""),
-                          "metadata.namespace": meta.get("namespace", "")}
-                return fields.matches(values.get)
+                def value(path: str) -> str | None:
+                    found = _dig(stored, path)
+                    if isinstance(found, dict):  # e.g. Event "source": its component
+                        found = found.get("component")
+                    return None if found is None else str(found)
+                return fields.matches(value)
             return True
         return match
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from appliance import errors
+from appliance import errors, events
 from appliance.agent.vmnames import DOMAIN_PREFIX, disk_name, domain_name, seed_name
 from appliance.controllers.base import Controller, PermanentError, TemporaryError, merge_diff
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
@@ -113,18 +113,33 @@ class VmController(Controller):
             disk = self.ensure_disk(vm, cls, image)
             seed = self.ensure_seed(vm, boot)
             spec = self.domain_spec(vm, cls, image, disk, seed)
+            existed = any(c.get("type") == "VirtualMachineConditionCreated"
+                          and c.get("status") == "True" for c in conditions)
             if self.driver.ensure_defined(spec):
                 LOG.info("[%s/%s] domain %s defined", meta["namespace"], meta["name"], spec.name)
+                if existed and self.driver.observe(spec.name) is not None:
+                    self.event(vm, "Normal", "DomainUpdated", f"domain {spec.name} redefined")
+                else:
+                    self.event(vm, "Normal", "Created", f"domain {spec.name} on "
+                                                        f"{self.node_name}")
             conditions = set_condition(conditions, "VirtualMachineConditionCreated", "True",
                                        "Created", f"domain {spec.name}", gen)
             wanted = POWER[(vm.get("spec") or {}).get("powerState") or "PoweredOn"]
             soft = (vm.get("spec") or {}).get("powerOffMode") in ("Soft", "TrySoft")
+            before = status.get("powerState")
             if self.driver.ensure_power(spec.name, wanted, 60.0 if soft else 0.0):
                 LOG.info("[%s/%s] power -> %s", meta["namespace"], meta["name"], wanted)
+                desired = (vm.get("spec") or {}).get("powerState") or "PoweredOn"
+                if before == desired:  # it was as wanted: something changed it behind our back
+                    self.event(vm, "Warning", "PowerStateRepaired",
+                               f"the domain was not {desired}; restored")
+                else:
+                    self.event(vm, "Normal", desired, f"domain {spec.name} is {desired}")
             again, conditions = self.observe(vm, spec.name, status, conditions, gen)
         except PermanentError as exc:
             conditions = set_condition(conditions, "Ready", "False", exc.args[1], exc.args[0],
                                        gen)
+            self.event(vm, "Warning", exc.args[1], exc.args[0])
             again = 60.0
         except (TemporaryError, TransientHypervisorError) as exc:
             conditions = set_condition(conditions, "Ready", "False", "Retrying", str(exc), gen)
@@ -132,6 +147,7 @@ class VmController(Controller):
         except HypervisorError as exc:
             conditions = set_condition(conditions, "Ready", "False", "HypervisorError", str(exc),
                                        gen)
+            self.event(vm, "Warning", "HypervisorError", str(exc))
             again = 15.0
         finally:
             status["conditions"] = conditions
@@ -141,6 +157,9 @@ class VmController(Controller):
                 self.api.patch(self.ref, meta["namespace"], meta["name"],
                                {"status": merge_diff(current, status)}, subresource="status")
         return again
+
+    def event(self, vm: Obj, type_: str, reason: str, message: str) -> None:
+        events.record(self.api, vm, type_, reason, message, component="pacific-lab-vm-agent")
 
     # -- phases ------------------------------------------------------------------------
 

@@ -117,6 +117,10 @@ def _event_object(o: Obj) -> str:
 EVENT = Kind(
     group="", kind="Event", plural="events", singular="event", namespaced=True,
     short_names=("ev",), builtin=True, has_status=False,
+    field_selectors=("involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+                     "involvedObject.uid", "involvedObject.apiVersion",
+                     "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+                     "reportingComponent", "source", "type"),
     versions=(Version("v1", top_level(
         involvedObject=OBJECT_REFERENCE, reason=string(), message=string(),
         type=string(default="Normal"), count=integer(), action=string(),

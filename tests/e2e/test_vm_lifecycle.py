@@ -117,6 +117,14 @@ def test_vm_lifecycle(vmlab: LabServer, tmp_path: Path) -> None:
     virsh("undefine", dom)
     wait_for("the domain to be redefined and running", lambda: domain_state(dom) == "running",
              120, 2)
+    # What happened is in the VM's events, as `kubectl describe` shows them.
+    def reasons() -> set[str]:
+        got = kc.run("get", "events", "-n", ns, "--field-selector",
+                     "involvedObject.name=web-1,involvedObject.kind=VirtualMachine", "-o", "json")
+        return {e["reason"] for e in json.loads(got.stdout)["items"]}
+    wait_for("the repair event", lambda: "PowerStateRepaired" in reasons(), 60, 2)
+    assert {"Created", "PoweredOff", "PoweredOn"} <= reasons()
+    assert "PowerStateRepaired" in kc.run("describe", "vm", "web-1", "-n", ns).stdout
     # Delete: nothing is left behind.
     kc.run("delete", "vm", "web-1", "-n", ns, "--timeout=180s")
     assert dom not in virsh("list", "--all", "--name").split()
