@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shlex
 import signal
 import subprocess
@@ -36,6 +35,8 @@ import jinja2
 
 from appliance.settings import PROJECT_ROOT
 from hypervisor.proc import run
+
+from appliance.util.files import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def install_unit(name: str, argv: Sequence[str], env: Mapping[str, str], descrip
         changed = True
     was_active = unit_active(name)
     if changed:
-        _write_atomic(path, text.encode(), 0o644)
+        write_atomic(path, text.encode(), 0o644)
         run(["systemctl", "daemon-reload"])
         LOG.info("[unit %s] wrote %s", name, path)
     run(["systemctl", "enable", "--now", f"{name}.service"])
@@ -290,7 +291,7 @@ def start_daemon(argv: list[str], pidfile: Path, logfile: Path,
             raise DaemonError(f"{shlex.join(argv)} exited at once; see {logfile}:\n"
                               + _tail_text(logfile, 10))
         payload = json.dumps({"starttime": info.starttime, "argv": argv})
-        _write_atomic(pidfile, f"{pid}\n{payload}\n".encode(), 0o644)
+        write_atomic(pidfile, f"{pid}\n{payload}\n".encode(), 0o644)
         LOG.info("[daemon %s] started pid %d, log %s", pidfile, pid, logfile)
         return pid
 
@@ -424,25 +425,3 @@ def _decode(line: bytes) -> str:
 
 def _tail_text(logfile: Path, count: int) -> str:
     return "\n".join(follow_log(logfile, lines=count))
-
-
-# -- files --------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new temporary file with ``mode`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import yaml
+
+from appliance.util.files import write_atomic
 
 
 def _host(server: str) -> str:
@@ -49,13 +50,8 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def write(path: Path, config: dict[str, Any]) -> None:
     """Write atomically with mode 0600 (it holds a bearer token)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(config, fh, default_flow_style=False, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config, default_flow_style=False,
+                                      sort_keys=False).encode(), 0o600)
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.util.files import write_atomic
+
 LOG = logging.getLogger(__name__)
 
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -81,8 +83,8 @@ def ensure_pki(pki_dir: Path, hostnames: Sequence[str], addresses: Sequence[str]
     new_ca = ca is None
     if ca is None:
         ca = _make_ca(now)
-        _write_atomic(pki.ca_key, _key_pem(ca[1]), 0o600)
-        _write_atomic(pki.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(pki.ca_key, _key_pem(ca[1]), 0o600)
+        write_atomic(pki.ca_cert, ca[0].public_bytes(serialization.Encoding.PEM), 0o644)
         LOG.info("[pki %s] made CA %s", pki_dir, ca[0].subject.rfc4514_string())
     ca_cert, ca_key = ca
 
@@ -91,8 +93,8 @@ def ensure_pki(pki_dir: Path, hostnames: Sequence[str], addresses: Sequence[str]
         cert, key = _make_server_cert(ca_cert, ca_key, dns_names, ips, now)
         # Key first: a crash between the two writes leaves a cert that does
         # not match its key, which the next call detects and repairs.
-        _write_atomic(pki.server_key, _key_pem(key), 0o600)
-        _write_atomic(pki.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(pki.server_key, _key_pem(key), 0o600)
+        write_atomic(pki.server_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         LOG.info("[pki %s] issued server certificate (%s): %s", pki_dir, reason,
                  ", ".join(dns_names + [str(ip) for ip in ips]))
     for key_path in (pki.ca_key, pki.server_key):
@@ -273,30 +275,6 @@ def _make_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivate
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new temporary file with ``mode`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have taken bits away
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _now() -> dt.datetime:

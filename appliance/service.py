@@ -36,6 +36,7 @@ from appliance.resources import LocalApi, RemoteApi
 from appliance.settings import Settings
 from appliance.store.db import make_engine, migrate
 from appliance.store.repo import Store
+from appliance.util.files import write_atomic
 from appliance.vmservice.catalog import Catalog
 
 LOG = logging.getLogger(__name__)
@@ -92,13 +93,7 @@ def primary_address() -> str:
 
 def write_secret_file(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), 0o600)
 
 
 class HostService:

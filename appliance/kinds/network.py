@@ -21,6 +21,7 @@ import re
 from decimal import Decimal
 
 from appliance.errors import Cause
+from appliance.kinds.services import service_causes
 from appliance.kinds.registry import AdmissionContext, Kind, Lookup, Obj, PrinterColumn, Version
 from appliance.kinds.schema import (
     CONDITION,
@@ -342,36 +343,7 @@ def _external_ip(o: Obj) -> str:
 
 
 def _validate_service(new: Obj, old: Obj | None, ctx: AdmissionContext) -> list[Cause]:
-    spec = new.get("spec") or {}
-    causes = []
-    kind = spec.get("type", "ClusterIP")
-    if kind not in SERVICE_TYPES:
-        causes.append(Cause("spec.type", f"Unsupported value: {kind!r}: supported values: "
-                                         + ", ".join(f'"{t}"' for t in SERVICE_TYPES),
-                            "FieldValueNotSupported"))
-    ports = spec.get("ports") or []
-    if kind != "ExternalName" and not ports:
-        causes.append(Cause("spec.ports", "Required value", "FieldValueRequired"))
-    seen = set()
-    for i, port in enumerate(ports):
-        number = port.get("port")
-        if not isinstance(number, int) or not 1 <= number <= 65535:
-            causes.append(Cause(f"spec.ports[{i}].port", f"Invalid value: {number!r}: must be "
-                                                         "between 1 and 65535, inclusive"))
-        key = (port.get("protocol", "TCP"), number)
-        if key in seen:
-            causes.append(Cause(f"spec.ports[{i}]", f"Duplicate value: {key!r}",
-                                "FieldValueDuplicate"))
-        seen.add(key)
-        if port.get("protocol", "TCP") not in PROTOCOLS:
-            causes.append(Cause(f"spec.ports[{i}].protocol", "Unsupported value: "
-                                f"{port.get('protocol')!r}: supported values: \"TCP\", "
-                                "\"UDP\", \"SCTP\"", "FieldValueNotSupported"))
-        if len(ports) > 1 and not port.get("name"):
-            causes.append(Cause(f"spec.ports[{i}].name", "Required value: a name is required "
-                                                         "when there is more than one port",
-                                "FieldValueRequired"))
-    return causes
+    return service_causes(new.get("spec") or {}, SERVICE_TYPES, PROTOCOLS, "ClusterIP")
 
 
 def _service_consumes(o: Obj, lookup: Lookup) -> dict[str, Decimal]:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from appliance.errors import Cause
+from appliance.kinds.services import service_causes
 from appliance.kinds.registry import AdmissionContext, Kind, Lookup, Obj, PrinterColumn, Version
 from appliance.kinds.schema import (CONDITION, array, boolean, integer, obj, preserve,
                                     quantity, string, string_map, top_level)
@@ -426,30 +427,8 @@ SERVICE_TYPES = ("LoadBalancer", "ClusterIP", "ExternalName")
 
 
 def _validate_service(new: Obj, old: Obj | None, ctx: AdmissionContext) -> list[Cause]:
-    spec = new.get("spec") or {}
-    causes = []
-    if spec.get("type") not in SERVICE_TYPES:
-        causes.append(Cause("spec.type", f"Unsupported value: {spec.get('type')!r}: supported "
-                                         f"values: {', '.join(SERVICE_TYPES)}",
-                            "FieldValueNotSupported"))
-    ports = spec.get("ports") or []
-    if spec.get("type") != "ExternalName" and not ports:
-        causes.append(Cause("spec.ports", "Required value", "FieldValueRequired"))
-    seen = set()
-    for i, port in enumerate(ports):
-        number = port.get("port")
-        if not isinstance(number, int) or not 1 <= number <= 65535:
-            causes.append(Cause(f"spec.ports[{i}].port", f"Invalid value: {number!r}: must be "
-                                                         "between 1 and 65535, inclusive"))
-        key = (port.get("protocol", "TCP"), number)
-        if key in seen:
-            causes.append(Cause(f"spec.ports[{i}]", f"Duplicate value: {key!r}",
-                                "FieldValueDuplicate"))
-        seen.add(key)
-        if port.get("protocol", "TCP") not in ("TCP", "UDP"):
-            causes.append(Cause(f"spec.ports[{i}].protocol", "Unsupported value: "
-                                f"{port.get('protocol')!r}: supported values: TCP, UDP"))
-    return causes
+    # spec.type is required by the schema, which is checked first.
+    return service_causes(new.get("spec") or {}, SERVICE_TYPES, ("TCP", "UDP"), "")
 
 
 VIRTUALMACHINESERVICE = Kind(

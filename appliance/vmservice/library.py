@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.settings import Settings
+from appliance.util.files import write_atomic
 from appliance.util.names import dns1123_label
 
 BUILDABLE = {"debian-12": "bookworm"}
@@ -53,13 +54,8 @@ def _write_manifest(directory: Path, files: ImageFiles) -> None:
     for key in ("disk", "kernel", "initrd"):  # stored relative to the item's directory
         if data[key]:
             data[key] = Path(data[key]).name
-    tmp = directory / ".image.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, directory / "image.json")
+    write_atomic(directory / "image.json",
+                 json.dumps(data, indent=2, sort_keys=True).encode(), 0o644)
 
 
 def image_files(settings: Settings, name: str) -> ImageFiles:
