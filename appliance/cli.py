@@ -184,11 +184,19 @@ def down() -> None:
     if daemon.systemd_is_pid1():
         daemon.stop_unit(SERVICE_NAME)
         console.print("[green]✓[/] stopped")
-        return
-    if daemon.stop_daemon(_pidfile(s)):
+    elif daemon.stop_daemon(_pidfile(s)):
         console.print("[green]✓[/] host service stopped")
     else:
         console.print("host service was not running")
+    if s.network_enabled:
+        # The next start configures every namespace again from the store.
+        from appliance.network.controllers import NetworkConfigError, remove_host_network
+
+        try:
+            remove_host_network(s)
+        except NetworkConfigError as exc:
+            raise click.ClickException(f"removing the namespace networks: {exc}") from exc
+        console.print("[green]✓[/] namespace networks removed from this host")
 
 
 @main.command()

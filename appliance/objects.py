@@ -538,7 +538,10 @@ class ObjectService:
                 if _dig(obj, path) != _dig(old, path):
                     causes.append(Cause(path, "Invalid value: field is immutable",
                                         "FieldValueForbidden"))
-        if kind.validate is not None and not causes:
+        # A deleting object is only waiting for its finalizers: its references (a
+        # VM's class) may be gone already and must not block removing them.
+        deleting = bool(obj["metadata"].get("deletionTimestamp"))
+        if kind.validate is not None and not causes and not deleting:
             def lookup(group: str, plural: str, namespace: str, name_: str) -> Obj | None:
                 return txn.get(Key(group, plural, namespace, name_))
             ctx = AdmissionContext(operation, user.name, lookup)

@@ -170,11 +170,18 @@ class HostService:
         kubeconfig.write(self.settings.admin_kubeconfig_path, config)
 
     def _start_controllers(self, sup: Supervisor) -> None:
+        s = self.settings
         controllers: list[Controller] = [
             NamespaceController(sup.service),
-            VmScheduler(LocalApi(sup.service), self.settings.appliance_cidr,
-                        self.settings.cpu_allocation_ratio),
+            VmScheduler(LocalApi(sup.service), s.appliance_cidr, s.cpu_allocation_ratio,
+                        namespace_network=s.network_enabled),
         ]
+        if s.network_enabled:
+            from appliance.network.config import NetworkConfig
+            from appliance.network.controllers import NetworkStack
+
+            controllers += NetworkStack(LocalApi(sup.service), s,
+                                        NetworkConfig.from_settings(s)).controllers()
         for c in controllers:
             self._thread(c.run, c.name)
         self._thread(self._housekeeping, "housekeeping")
@@ -223,7 +230,9 @@ class HostService:
                 stop.wait(10.0)
         controller = VmController(RemoteApi(client), str(facts["hostname"]), s,
                                   str(facts.get("accelerator") or "tcg"), LibvirtDriver(),
-                                  network.name)
+                                  network.name,
+                                  ovs_datapath=str(facts.get("ovs_datapath") or "system"),
+                                  namespace_network=s.network_enabled)
         controller.run(stop)
 
     def _thread(self, fn: Any, name: str) -> None:

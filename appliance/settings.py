@@ -8,8 +8,10 @@ environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,6 +36,18 @@ class Settings:
     appliance_cidr: str = "198.18.0.0/24"
     appliance_bridge: str = "pacific0"
     cpu_allocation_ratio: float = 4.0  # vCPUs per host CPU the scheduler hands out
+    # Namespace networks (Open vSwitch, docs/networking.md). All ranges are in
+    # 198.18.0.0/15 too; they must not overlap each other or appliance_cidr.
+    network_enabled: bool = True
+    network_pool_cidr: str = "198.19.0.0/16"  # carved into per-namespace subnets
+    network_subnet_prefix: int = 28  # size of each subnet (another one when full)
+    network_ingress_cidr: str = "198.18.128.0/24"  # load-balancer VIPs
+    network_cluster_ip_cidr: str = "198.18.129.0/24"  # ClusterIP services
+    network_bridge: str = "br-int"
+    network_tag: str = "pl"  # prefix of every host object the network layer makes
+    network_uplink: str = ""  # SNAT uplink; empty: the default route's interface
+    network_dns_domain: str = "pacific.internal"
+    network_snat: bool = True  # NAT mode of new namespaces
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -83,11 +97,19 @@ class Settings:
         return f"https://{self.public_host or 'localhost'}:{self.dashboard_port}"
 
 
-_ENV_FIELDS: dict[str, type] = {
+def _flag(value: object) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+_ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "state_dir": Path, "cache_dir": Path, "database_url": str, "api_bind": str,
     "api_port": int, "dashboard_port": int, "public_host": str,
     "token_ttl_seconds": int, "max_body_bytes": int, "watch_history": int,
     "appliance_cidr": str, "appliance_bridge": str, "cpu_allocation_ratio": float,
+    "network_enabled": _flag, "network_pool_cidr": str, "network_subnet_prefix": int,
+    "network_ingress_cidr": str, "network_cluster_ip_cidr": str, "network_bridge": str,
+    "network_tag": str, "network_uplink": str, "network_dns_domain": str,
+    "network_snat": _flag,
 }
 
 

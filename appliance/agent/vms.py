@@ -76,8 +76,11 @@ class VmController(Controller):
     resync = 10.0  # how soon drift (a domain destroyed behind our back) is repaired
 
     def __init__(self, api: ResourceApi, node_name: str, settings: Settings,
-                 accelerator: str, driver: LibvirtDriver, network_name: str) -> None:
+                 accelerator: str, driver: LibvirtDriver, network_name: str, *,
+                 ovs_datapath: str = "system", namespace_network: bool = False) -> None:
         super().__init__(api)
+        self.ovs_datapath = ovs_datapath
+        self.namespace_network = namespace_network
         self.node_name = node_name
         self.settings = settings
         self.accelerator = accelerator
@@ -207,9 +210,17 @@ class VmController(Controller):
         iface = ((vm.get("status") or {}).get("network") or {}).get("interfaces") or [{}]
         prefix = str(((iface[0].get("ip") or {}).get("addresses") or [{}])[0].get(
             "address", "/24")).split("/")[1]
-        network = {"version": 2, "ethernets": {"eth0": {
+        eth0: dict[str, Any] = {
             "match": {"macaddress": mac_for(meta["uid"])}, "set-name": "eth0",
-            "addresses": [f"{address}/{prefix}"] if address else [], "dhcp4": not address}}}
+            "addresses": [f"{address}/{prefix}"] if address else [], "dhcp4": not address}
+        gateway = ((iface[0].get("ip") or {}).get("gateway4")) or ""
+        if address and gateway:
+            eth0["routes"] = [{"to": "0.0.0.0/0", "via": gateway}]
+        dns = iface[0].get("dns") or {}
+        if dns.get("nameservers"):
+            eth0["nameservers"] = {"addresses": list(dns["nameservers"]),
+                                   "search": list(dns.get("searchDomains") or [])}
+        network = {"version": 2, "ethernets": {"eth0": eth0}}
         return Bootstrap(user_data, {"instance-id": meta["uid"], "local-hostname": hostname},
                          network)
 
@@ -267,10 +278,25 @@ class VmController(Controller):
             memory_mib=int(parse_quantity(hw.get("memory") or "1Gi") / 2**20),
             accelerator="kvm" if self.accelerator == "kvm" else "tcg",
             disks=(DiskSpec(disk, "qcow2", "vda"), DiskSpec(seed, "raw", "vdb", readonly=True)),
-            nics=(NicSpec(mac_for(meta["uid"]), "network", self.network_name),),
+            nics=(self.nic(vm),),
             serial_log=self.console_dir / f"{domain_name(vm)}.log", kernel=kernel,
             metadata={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
             guest_agent=True)
+
+    def nic(self, vm: Obj) -> NicSpec:
+        """The VM's NIC: an OVS port on its namespace's segment, or the appliance network."""
+        meta = vm["metadata"]
+        if not self.namespace_network:
+            return NicSpec(mac_for(meta["uid"]), "network", self.network_name)
+        from appliance.network.attach import INTERFACES, attachment, interface_name
+
+        nic = attachment(get_or_none(self.api, INTERFACES, meta["namespace"],
+                                     interface_name(meta["name"])) or {})
+        if nic is None:
+            raise TemporaryError("waiting for the VM's network interface", 2.0)
+        return NicSpec(nic.mac or mac_for(meta["uid"]), "ovs", nic.bridge,
+                       port_name=nic.port_name, vlan=nic.vlan,
+                       csum_offload_off=self.ovs_datapath == "netdev")
 
     def observe(self, vm: Obj, dom: str, status: Obj, conditions: list[Obj], gen: int
                 ) -> tuple[float | None, list[Obj]]:

@@ -37,7 +37,8 @@ WRITE = ["create", "update", "patch", "delete", "deletecollection"]
 #: Kinds that editors may read but not change: the administrator's levers.
 ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings"),
               ("vmoperator.vmware.com", "virtualmachineclasses"),
-              ("vmoperator.vmware.com", "virtualmachineimages")}
+              ("vmoperator.vmware.com", "virtualmachineimages"),
+              ("vmware.com", "virtualnetworks")}
 #: Kinds hidden from viewers: they carry credentials.
 SECRET_KINDS = {("", "secrets")}
 

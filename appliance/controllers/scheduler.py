@@ -69,10 +69,13 @@ class VmScheduler(Controller):
     group, version, plural, name = GROUP, STORAGE, "virtualmachines", "vm-scheduler"
     resync = 30.0
 
-    def __init__(self, api: ResourceApi, cidr: str, cpu_ratio: float = 4.0) -> None:
+    def __init__(self, api: ResourceApi, cidr: str, cpu_ratio: float = 4.0,
+                 namespace_network: bool = False) -> None:
         super().__init__(api)
         self.network = ipaddress.ip_network(cidr)
         self.cpu_ratio = Decimal(str(cpu_ratio))
+        # True: addresses come from the namespace's network (VirtualNetworkInterface)
+        self.namespace_network = namespace_network
 
     def _class_of(self, vm: Obj) -> tuple[Decimal, Decimal] | None:
         cls = get_or_none(self.api, CLASSES, vm["metadata"]["namespace"],
@@ -113,6 +116,10 @@ class VmScheduler(Controller):
         status = vm.get("status") or {}
         if meta.get("deletionTimestamp"):
             self._drop_access_key(vm)
+            if self.namespace_network:
+                from appliance.network.attach import delete_interface
+
+                delete_interface(self.api, vm)
             return None
         self._ensure_access_key(vm)
         if status.get("host"):
@@ -133,6 +140,8 @@ class VmScheduler(Controller):
             self._write(vm, {"conditions": conditions})
             return 15.0
         room = max(fits, key=lambda r: (r.memory, r.cpu))
+        if self.namespace_network:
+            return self._place_on_namespace_network(vm, room, conditions)
         address = self.allocate(vms)
         if address is None:
             conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",
@@ -148,6 +157,33 @@ class VmScheduler(Controller):
                 "gateway4": gateway}}]}})
         LOG.info("[%s/%s] placed on %s with %s", meta["namespace"], meta["name"], room.node,
                  address)
+        return None
+
+    def _place_on_namespace_network(self, vm: Obj, room: Room, conditions: list[Obj]
+                                    ) -> float | None:
+        """The VM's address from its namespace's network (one VirtualNetworkInterface)."""
+        from appliance.network.attach import attachment, ensure_interface
+        from appliance.network.config import mac_for
+
+        meta = vm["metadata"]
+        host = ((vm.get("spec") or {}).get("network") or {}).get("hostName") or \
+            meta["name"].split(".")[0]
+        nic = attachment(ensure_interface(self.api, vm, mac=mac_for(meta["uid"]),
+                                          hostname=host))
+        if nic is None:
+            conditions = set_condition(conditions, PLACED, "False", "WaitingForNetwork",
+                                       "waiting for an address on the namespace's network")
+            self._write(vm, {"conditions": conditions})
+            return 2.0
+        conditions = set_condition(conditions, PLACED, "True", "Placed",
+                                   f"placed on {room.node} with address {nic.address}")
+        self._write(vm, {"host": room.node, "conditions": conditions, "network": {
+            "interfaces": [{"name": "eth0", "ip": {
+                "addresses": [{"address": nic.cidr}], "gateway4": nic.gateway},
+                "dns": {"nameservers": list(nic.nameservers),
+                        "searchDomains": list(nic.search_domains)}}]}})
+        LOG.info("[%s/%s] placed on %s with %s (VLAN %d)", meta["namespace"], meta["name"],
+                 room.node, nic.address, nic.vlan)
         return None
 
     def _ensure_access_key(self, vm: Obj) -> None:

@@ -1,6 +1,6 @@
 """Kinds served by the supervisor API."""
 
-from appliance.kinds import core, rbac, vmop
+from appliance.kinds import core, network, rbac, vmop
 from appliance.kinds.registry import Registry
 
 
@@ -10,4 +10,5 @@ def default_registry() -> Registry:
     registry.extend(core.KINDS)
     registry.extend(rbac.KINDS)
     registry.extend(vmop.KINDS)
+    registry.extend(network.KINDS)
     return registry

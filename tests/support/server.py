@@ -45,7 +45,10 @@ class LabServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
         env.update({"LAB_STATE_DIR": str(self.state_dir), "LAB_API_PORT": str(self.api_port),
                     "LAB_DASHBOARD_PORT": str(self.dashboard_port), "LAB_API_BIND": "127.0.0.1",
-                    "LAB_PUBLIC_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)})
+                    "LAB_PUBLIC_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT),
+                    # namespace networks change the host (br-int, dnsmasq, nftables):
+                    # a test that wants them sets LAB_NETWORK_* in extra_env
+                    "LAB_NETWORK_ENABLED": "false"})
         if self.database_url:
             env["LAB_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
