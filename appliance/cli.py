@@ -603,12 +603,18 @@ def image_assign(name: str, namespace: str) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
-@click.option("--skip-deps", is_flag=True, help="Do not run playbooks/test-deps.yml.")
+@click.option("--skip-deps", is_flag=True,
+              help="Do not run playbooks/host.yml and playbooks/test-deps.yml.")
 def test(pytest_args: tuple[str, ...], skip_deps: bool) -> None:
-    """Install what the tests need, then run the whole suite (args go to pytest)."""
+    """Prepare the host, install what the tests need, then run the suite (args go to pytest).
+
+    The end-to-end tests boot VMs, so the host must be prepared exactly as ``lab up``
+    prepares it (libvirtd, virtlogd and Open vSwitch running) before any test starts."""
     s = _settings()
     if not skip_deps:
         from appliance.ansible import run_playbook
+
+        _prepare_host(s)
 
         with console.status("installing test dependencies (playbooks/test-deps.yml)"):
             result = run_playbook(s, "test-deps.yml", {"lab_cache_dir": str(s.cache_dir)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,11 @@ def vmlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     The image is built once into the cache directory (LAB_CACHE_DIR, by default
     /var/cache/pacific-lab) and reused by later runs."""
     cache = os.environ.get("LAB_CACHE_DIR", "/var/cache/pacific-lab")
+    probe = subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
+                           text=True, timeout=60)
+    if probe.returncode != 0:
+        raise AssertionError("libvirtd does not answer (run the suite with ./lab test, which "
+                             f"prepares the host first): {probe.stderr.strip()}")
     # QEMU runs as libvirt-qemu: every directory above the disks must be
     # traversable, which pytest's private tmp directories are not.
     base = Path(tempfile.mkdtemp(prefix="pacific-e2e-", dir="/var/tmp"))

@@ -8,12 +8,15 @@ A screenshot of every page is kept in test-artifacts/dashboard/.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from hypervisor.ssh import generate_keypair, run_command
 from tests.support.server import LabServer
@@ -63,6 +66,23 @@ def _login(page: Page, lab: LabServer, user: str, password: str) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(re.compile(r".*/$"))
+
+
+def _why_not_ready(lab: LabServer, page: Page, name: str) -> str:
+    """What the page, the API and the VM's console say, for a VM that never turned Ready."""
+    shown = page.locator("#vm-state").all_inner_texts()
+    got = subprocess.run(["/usr/bin/kubectl", "--kubeconfig", str(lab.admin_kubeconfig), "get",
+                          "virtualmachine", name, "-n", NS, "-o", "json"],
+                         capture_output=True, text=True, timeout=60)
+    try:
+        status = json.dumps(json.loads(got.stdout).get("status"), indent=1)
+    except ValueError:
+        status = got.stderr
+    console = sorted((lab.state_dir / "consoles").glob(f"*{name}*.log"))
+    tail = console[0].read_text(errors="replace")[-3000:] if console else "(no console log)"
+    return (f"VM {name} did not turn Ready with an IP in {BOOT_TIMEOUT_MS // 1000}s.\n"
+            f"page shows: {shown}\nstatus: {status}\nconsole tail:\n{tail}\n"
+            f"service log:\n{lab.log_tail(60)}")
 
 
 def test_dashboard_in_a_browser(vmlab: LabServer, browser: Browser, tmp_path: Path) -> None:
@@ -135,11 +155,15 @@ def test_dashboard_in_a_browser(vmlab: LabServer, browser: Browser, tmp_path: Pa
 
     # 5. It turns Ready with an IP while the page stays loaded (the live part refreshes).
     dev.evaluate("window.__notReloaded = true")
-    dev.wait_for_function(
-        "() => { const s = document.querySelector('#vm-state');"
-        " const ip = document.querySelector('#vm-ip');"
-        " return s && s.textContent.includes('Ready') && ip && /\\d+\\.\\d+\\.\\d+\\.\\d+/"
-        ".test(ip.textContent); }", timeout=BOOT_TIMEOUT_MS, polling=1000)
+    try:
+        dev.wait_for_function(
+            "() => { const s = document.querySelector('#vm-state');"
+            " const ip = document.querySelector('#vm-ip');"
+            " return s && s.textContent.includes('Ready') && ip && /\\d+\\.\\d+\\.\\d+\\.\\d+/"
+            ".test(ip.textContent); }", timeout=BOOT_TIMEOUT_MS, polling=1000)
+    except PlaywrightTimeout:
+        shot(dev, "vm-not-ready")
+        raise AssertionError(_why_not_ready(vmlab, dev, "web-1")) from None
     assert dev.evaluate("window.__notReloaded === true"), "the page was reloaded"
     ip = dev.locator("#vm-ip").inner_text().strip()
     expect(dev.locator("#vm-power")).to_contain_text("PoweredOn")
