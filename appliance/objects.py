@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
+from datetime import datetime, timedelta, UTC
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from appliance.util.labels import (
 )
 from appliance.util.names import dns1123_label, dns1123_subdomain
 from appliance.util.patch import PatchError, json_patch, merge_patch
-from appliance.util.timefmt import now_rfc3339
+from appliance.util.timefmt import now_rfc3339, rfc3339
 
 LOG = logging.getLogger(__name__)
 
@@ -460,11 +461,20 @@ class ObjectService:
                                       f"UID in object meta: {meta.get('uid')}")
             if pre.get("resourceVersion") and pre["resourceVersion"] != meta["resourceVersion"]:
                 raise errors.conflict(t.plural, t.group, t.name)
+            grace = _grace_period(t.kind, current, options)
             if _pending_finalizers(t.kind, current):
                 if meta.get("deletionTimestamp"):
+                    # A second delete may only shorten the grace period (kubectl --now).
+                    if grace < int(meta.get("deletionGracePeriodSeconds") or 0):
+                        meta["deletionGracePeriodSeconds"] = grace
+                        meta["deletionTimestamp"] = rfc3339(
+                            datetime.now(UTC) + timedelta(seconds=grace))
+                        current = txn.update(t.key(), current)
                     return t.kind.convert_from_storage(current, t.version)
-                meta["deletionTimestamp"] = now_rfc3339()
-                meta["deletionGracePeriodSeconds"] = 0
+                # As in Kubernetes: the time by which the object will be gone.
+                meta["deletionTimestamp"] = rfc3339(
+                    datetime.now(UTC) + timedelta(seconds=grace))
+                meta["deletionGracePeriodSeconds"] = grace
                 if t.kind.spec_finalizers:
                     current.setdefault("status", {})["phase"] = "Terminating"
                 stored = txn.update(t.key(), current)
@@ -597,6 +607,18 @@ class ObjectService:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _grace_period(kind: Kind, obj: Obj, options: Obj) -> int:
+    """Seconds the object's finalizers get: DeleteOptions', else the kind's own (a pod's
+    terminationGracePeriodSeconds), else none."""
+    asked = options.get("gracePeriodSeconds")
+    if asked is not None:
+        try:
+            return max(0, int(asked))
+        except (TypeError, ValueError) as exc:
+            raise errors.bad_request("gracePeriodSeconds must be an integer") from exc
+    return max(0, kind.grace_period(obj)) if kind.grace_period is not None else 0
 
 
 def _pending_finalizers(kind: Kind, obj: Obj) -> list[str]:

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,16 +66,24 @@ def _warning_headers(resp: Response, warnings: Iterable[str]) -> Response:
     return resp
 
 
+#: Reads a subresource of an object: (object, query arguments, follow limit) -> chunks.
+LogStream = Callable[[dict[str, Any], Mapping[str, str], float], Iterator[bytes]]
+
+
 class ApiApp:
     def __init__(self, service: ObjectService, registry: Registry, *, token_ttl: int,
                  max_body: int, server_address: str = "localhost:6443",
                  watch_timeout: float = 1800.0, ready: Callable[[], bool] | None = None,
                  ca_pem: bytes = b"",
-                 logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None
+                 logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None,
+                 streams: dict[tuple[str, str, str], LogStream] | None = None
                  ) -> None:
         self.ca_pem = ca_pem
         # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
         self.logs = logs or {}
+        # (group, plural, subresource) -> a reader given the object, the query and the
+        # follow time limit, e.g. a pod's container logs.
+        self.streams = streams or {}
         self.service = service
         self.store = service.store
         self.registry = registry
@@ -208,6 +216,8 @@ class ApiApp:
             return _json(rules_review(self.service, user, body), 201)
         if (t.group, t.plural, t.subresource) in self.logs:
             return self.log(request, user, t)
+        if (t.group, t.plural, t.subresource) in self.streams:
+            return self.stream(request, user, t)
         if route.collection:
             if method == "GET":
                 if args.get("watch") in ("true", "1"):
@@ -354,6 +364,16 @@ class ApiApp:
         resp = Response(_tail(path, tail, follow, self.watch_timeout), status=200,
                         content_type="text/plain; charset=utf-8", direct_passthrough=True)
         return resp
+
+    def stream(self, request: Request, user: UserInfo, t: Target) -> Response:
+        """A subresource read by a reader of its own (``kubectl logs`` of a pod)."""
+        if request.method != "GET":
+            raise errors.method_not_allowed(f"{t.subresource} is read-only")
+        obj = self.service.get(user, t)  # authorises get on the subresource
+        chunks = self.streams[(t.group, t.plural, t.subresource)](
+            obj, request.args, self.watch_timeout)
+        return Response(chunks, status=200, content_type="text/plain",
+                        direct_passthrough=True)
 
     def _bookmark(self, t: Target) -> bytes:
         with self.store.read() as txn:

@@ -39,6 +39,8 @@ ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings"),
               ("vmoperator.vmware.com", "virtualmachineclasses"),
               ("vmoperator.vmware.com", "virtualmachineimages"),
               ("vmware.com", "virtualnetworks")}
+#: Subresources viewers may read (Kubernetes' view role reads pod logs too).
+VIEWABLE_SUBRESOURCES = {"pods/log"}
 #: Kinds hidden from viewers: they carry credentials.
 SECRET_KINDS = {("", "secrets")}
 
@@ -56,7 +58,8 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         subs = [f"{kind.plural}/{s}" for s in kind.extra_subresources]
         status = [f"{kind.plural}/status"] if kind.has_status else []
         if key not in SECRET_KINDS:
-            view.append(_rule([kind.group], [kind.plural, *status], READ))
+            logs = [s for s in subs if s in VIEWABLE_SUBRESOURCES]
+            view.append(_rule([kind.group], [kind.plural, *status, *logs], READ))
         # Status is written by controllers only; people read it.
         edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ))
         if key not in ADMIN_ONLY:
@@ -82,6 +85,7 @@ def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
              _rule([""], ["secrets"], ["get"]),
              # Removing its finalizer once a VM's domain and disks are gone.
              _rule(["vmoperator.vmware.com"], ["virtualmachines"], ["patch", "update"]),
+             _rule([""], ["pods"], ["patch", "update"]),
              _rule([""], ["events"], ["create", "update", "patch"])]
     for kind in registry.kinds:
         if kind.storable and (kind.group, kind.plural) not in SECRET_KINDS:

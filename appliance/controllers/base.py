@@ -45,21 +45,39 @@ class _Item:
 
 
 class WorkQueue:
-    """Keys due at a time; a key queued twice runs once, at the earlier time."""
+    """Keys due at a time; a key queued twice runs once, at the earlier time.
+
+    With several workers, a key is never handed out while a worker holds it
+    (between ``get`` and ``done``): adding it meanwhile queues it for after."""
 
     def __init__(self) -> None:
         self._heap: list[_Item] = []
         self._due: dict[tuple[str, str], float] = {}
+        self._held: set[tuple[str, str]] = set()
+        self._again: dict[tuple[str, str], float] = {}
         self._cond = threading.Condition()
 
     def add(self, key: tuple[str, str], delay: float = 0.0) -> None:
         due = time.monotonic() + delay
         with self._cond:
-            if key in self._due and self._due[key] <= due:
+            if key in self._held:
+                self._again[key] = min(due, self._again.get(key, due))
                 return
-            self._due[key] = due
-            heapq.heappush(self._heap, _Item(due, key))
-            self._cond.notify()
+            self._push(key, due)
+
+    def _push(self, key: tuple[str, str], due: float) -> None:
+        if key in self._due and self._due[key] <= due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, _Item(due, key))
+        self._cond.notify()
+
+    def done(self, key: tuple[str, str]) -> None:
+        """A worker has finished with ``key``; a re-add that came meanwhile is queued."""
+        with self._cond:
+            self._held.discard(key)
+            if key in self._again:
+                self._push(key, self._again.pop(key))
 
     def get(self, stop: threading.Event, timeout: float = 1.0) -> tuple[str, str] | None:
         deadline = time.monotonic() + timeout
@@ -71,6 +89,7 @@ class WorkQueue:
                 if self._heap and self._heap[0].due <= now:
                     item = heapq.heappop(self._heap)
                     del self._due[item.key]
+                    self._held.add(item.key)
                     return item.key
                 wait = min(deadline - now, (self._heap[0].due - now) if self._heap else timeout)
                 if wait <= 0:
@@ -88,6 +107,7 @@ class Controller:
     resync = 60.0
     name = "controller"
     namespace = ""  # "" watches every namespace
+    workers = 1  # objects reconciled at once (one object is never reconciled twice at once)
 
     def __init__(self, api: ResourceApi) -> None:
         self.api = api
@@ -107,10 +127,19 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         threading.Thread(target=self._feed, args=(stop,), name=f"{self.name}-watch",
                          daemon=True).start()
+        for i in range(1, self.workers):
+            threading.Thread(target=self._work, args=(stop,), name=f"{self.name}-{i}",
+                             daemon=True).start()
+        self._work(stop)
+
+    def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():
             key = self.queue.get(stop)
             if key is not None:
-                self._process(key)
+                try:
+                    self._process(key)
+                finally:
+                    self.queue.done(key)
 
     def _process(self, key: tuple[str, str]) -> None:
         namespace, name = key

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -37,6 +38,37 @@ class Room:
     node: str
     cpu: Decimal
     memory: Decimal
+
+
+#: VMs and pod VMs share the appliance network's addresses; their schedulers run in
+#: one process and take this lock from "list what is used" to "record the choice".
+APPLIANCE_ADDRESSES = threading.Lock()
+PODS = Ref("", "v1", "pods")
+
+
+def pod_address(pod: Obj) -> str | None:
+    return (pod.get("status") or {}).get("podIP") or None
+
+
+def placed_pods(api: ResourceApi) -> list[Obj]:
+    """Pods placed on a host that still hold their VM's resources and address."""
+    from appliance.kinds.pods import terminal
+
+    try:
+        pods, _ = api.list(PODS)
+    except errors.ApiError as err:
+        if err.code == 404:  # a registry without pods
+            return []
+        raise
+    return [p for p in pods if (p.get("spec") or {}).get("nodeName") and not terminal(p)]
+
+
+def free_appliance_address(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                           used: set[str | None]) -> str | None:
+    for addr in list(network.hosts())[9:]:  # .1 is the gateway; keep a few for the host
+        if str(addr) not in used:
+            return str(addr)
+    return None
 
 
 def node_ready(node: Obj) -> bool:
@@ -101,15 +133,19 @@ class VmScheduler(Controller):
             if size is not None:
                 rooms[host].cpu -= size[0]
                 rooms[host].memory -= size[1]
+        from appliance.kinds.pods import vm_size
+
+        for pod in placed_pods(self.api):
+            host = pod["spec"]["nodeName"]
+            if host in rooms:
+                cpus, mib = vm_size(pod)
+                rooms[host].cpu -= cpus
+                rooms[host].memory -= Decimal(mib) * 2**20
         return list(rooms.values())
 
     def allocate(self, vms: list[Obj]) -> str | None:
-        used = {vm_address(v) for v in vms}
-        hosts = list(self.network.hosts())
-        for addr in hosts[9:]:  # .1 is the gateway; keep the first few for the host
-            if str(addr) not in used:
-                return str(addr)
-        return None
+        used = {vm_address(v) for v in vms} | {pod_address(p) for p in placed_pods(self.api)}
+        return free_appliance_address(self.network, used)
 
     def reconcile(self, vm: Obj) -> float | None:
         meta = vm["metadata"]
@@ -142,19 +178,20 @@ class VmScheduler(Controller):
         room = max(fits, key=lambda r: (r.memory, r.cpu))
         if self.namespace_network:
             return self._place_on_namespace_network(vm, room, conditions)
-        address = self.allocate(vms)
-        if address is None:
-            conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",
-                                       f"no free address in {self.network}")
-            self._write(vm, {"conditions": conditions})
-            return 30.0
-        gateway = str(next(self.network.hosts()))
-        conditions = set_condition(conditions, PLACED, "True", "Placed",
-                                   f"placed on {room.node} with address {address}")
-        self._write(vm, {"host": room.node, "conditions": conditions, "network": {
-            "interfaces": [{"name": "eth0", "ip": {
-                "addresses": [{"address": f"{address}/{self.network.prefixlen}"}],
-                "gateway4": gateway}}]}})
+        with APPLIANCE_ADDRESSES:
+            address = self.allocate(self.api.list(self.ref)[0])
+            if address is None:
+                conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",
+                                           f"no free address in {self.network}")
+                self._write(vm, {"conditions": conditions})
+                return 30.0
+            gateway = str(next(self.network.hosts()))
+            conditions = set_condition(conditions, PLACED, "True", "Placed",
+                                       f"placed on {room.node} with address {address}")
+            self._write(vm, {"host": room.node, "conditions": conditions, "network": {
+                "interfaces": [{"name": "eth0", "ip": {
+                    "addresses": [{"address": f"{address}/{self.network.prefixlen}"}],
+                    "gateway4": gateway}}]}})
         LOG.info("[%s/%s] placed on %s with %s", meta["namespace"], meta["name"], room.node,
                  address)
         return None

@@ -95,6 +95,8 @@ class Kind:
     prepare_create: Callable[[Obj], None] | None = None
     # Namespaces: ``spec.finalizers`` also hold the object while it is deleted.
     spec_finalizers: bool = False
+    # Seconds a deleted object's finalizers get when DeleteOptions name none.
+    grace_period: Callable[[Obj], int] | None = None
     # Field selectors beyond metadata.name and metadata.namespace (dotted paths).
     field_selectors: tuple[str, ...] = ()
 
