@@ -137,9 +137,10 @@ class HostService:
                  s.api_port, addr, s.dashboard_port)
 
     def _console_log(self, vm: dict[str, Any]) -> Path:
-        from appliance.agent.vmnames import domain_name
+        from appliance.agent.vmnames import domain_name, vm_prefix
 
-        return self.settings.state_dir / "consoles" / f"{domain_name(vm)}.log"
+        name = domain_name(vm, vm_prefix(self.settings.state_dir))
+        return self.settings.state_dir / "consoles" / f"{name}.log"
 
     def _dashboard(self, sup: Supervisor) -> Any:
         from web import create_app

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import errors
-from appliance.agent.vmnames import domain_name
+from appliance.agent.vmnames import domain_name, vm_prefix
 from appliance.auth.rbac import Attributes
 from appliance.auth.users import UserInfo
 from appliance.kinds.registry import Kind, Obj
@@ -36,7 +36,8 @@ class LogPaths:
         self._map.setdefault((VMOP, "virtualmachines", "console"), self._console)
 
     def _console(self, vm: Obj) -> Path:
-        return Path(self.settings.state_dir) / "consoles" / f"{domain_name(vm)}.log"
+        name = domain_name(vm, vm_prefix(self.settings.state_dir))
+        return Path(self.settings.state_dir) / "consoles" / f"{name}.log"
 
     def find(self, group: str, plural: str, subresource: str) -> LogFn | None:
         return self._map.get((group, plural, subresource))

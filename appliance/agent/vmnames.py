@@ -1,18 +1,36 @@
-"""Names of what the host agent makes for a VM: derived, never stored.
+"""Names of what the host agent makes for a VM or a pod VM: derived, never stored.
 
-``_`` cannot appear in a namespace or object name, so ``pl_<ns>_<name>`` is
-unambiguous (``a-b``/``c`` and ``a``/``b-c`` cannot collide).
+libvirt's domain names are global to the host, and more than one lab may share a
+host (a test suite next to a running lab), so every name carries the lab's
+instance tag, derived from its state directory: ``pl-<tag>_<ns>_<name>`` for VMs,
+``pp-<tag>_<ns>_<name>`` for pod VMs. ``_`` cannot appear in a namespace or object
+name, so the names are unambiguous (``a-b``/``c`` and ``a``/``b-c`` cannot collide),
+and one lab never takes another's domains for orphans.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from appliance.kinds.registry import Obj
 
-DOMAIN_PREFIX = "pl_"
+
+def instance_tag(state_dir: Path | str) -> str:
+    """Six hex digits naming the lab whose state lives in ``state_dir``."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:6]
 
 
-def domain_name(vm: Obj) -> str:
-    return f"{DOMAIN_PREFIX}{vm['metadata']['namespace']}_{vm['metadata']['name']}"
+def vm_prefix(state_dir: Path | str) -> str:
+    return f"pl-{instance_tag(state_dir)}_"
+
+
+def pod_prefix(state_dir: Path | str) -> str:
+    return f"pp-{instance_tag(state_dir)}_"
+
+
+def domain_name(obj: Obj, prefix: str) -> str:
+    return f"{prefix}{obj['metadata']['namespace']}_{obj['metadata']['name']}"
 
 
 def disk_name(vm: Obj) -> str:

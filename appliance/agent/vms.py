@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from appliance import errors, events
-from appliance.agent.vmnames import DOMAIN_PREFIX, disk_name, domain_name, seed_name
+from appliance.agent.vmnames import disk_name, domain_name, seed_name, vm_prefix
 from appliance.controllers.base import Controller, PermanentError, TemporaryError, merge_diff
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
@@ -88,6 +88,7 @@ class VmController(Controller):
         self.disks = DiskStore(driver, settings.state_dir)
         self.network_name = network_name
         self.console_dir = settings.state_dir / "consoles"
+        self.prefix = vm_prefix(settings.state_dir)
         # Pool names are global in libvirt; a state directory has its own pool.
         self.pool = f"{POOL}-{hashlib.sha256(str(settings.state_dir).encode()).hexdigest()[:8]}"
 
@@ -274,12 +275,12 @@ class VmController(Controller):
             kernel = KernelBoot(image.kernel, image.initrd, image.cmdline or
                                 "root=/dev/vda console=ttyS0")
         return DomainSpec(
-            name=domain_name(vm), uuid=meta["uid"], vcpus=int(hw.get("cpus") or 1),
+            name=domain_name(vm, self.prefix), uuid=meta["uid"], vcpus=int(hw.get("cpus") or 1),
             memory_mib=int(parse_quantity(hw.get("memory") or "1Gi") / 2**20),
             accelerator="kvm" if self.accelerator == "kvm" else "tcg",
             disks=(DiskSpec(disk, "qcow2", "vda"), DiskSpec(seed, "raw", "vdb", readonly=True)),
             nics=(self.nic(vm),),
-            serial_log=self.console_dir / f"{domain_name(vm)}.log", kernel=kernel,
+            serial_log=self.console_dir / f"{domain_name(vm, self.prefix)}.log", kernel=kernel,
             metadata={"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
             guest_agent=True)
 
@@ -330,12 +331,12 @@ class VmController(Controller):
 
     def teardown(self, vm: Obj) -> None:
         meta = vm["metadata"]
-        self.driver.ensure_absent(domain_name(vm))
+        self.driver.ensure_absent(domain_name(vm, self.prefix))
         self.disks.ensure_pool(self.pool, "vms")
         self.disks.remove_volume(self.pool, disk_name(vm))
         pool_path = self.disks.pool_path(self.pool)
         for leftover in (pool_path / seed_name(vm), pool_path / f".{seed_name(vm)}.sha256",
-                         self.console_dir / f"{domain_name(vm)}.log"):
+                         self.console_dir / f"{domain_name(vm, self.prefix)}.log"):
             leftover.unlink(missing_ok=True)
         finalizers = [f for f in meta.get("finalizers") or [] if f != VM_FINALIZER]
         if finalizers != (meta.get("finalizers") or []):
@@ -351,9 +352,9 @@ class VmController(Controller):
     def collect_orphans(self) -> list[str]:
         """Remove domains of ours whose VM is gone (its finalizer was forced off)."""
         items, _ = self.api.list(self.ref)
-        known = {domain_name(vm) for vm in items}
+        known = {domain_name(vm, self.prefix) for vm in items}
         removed = []
-        for dom in self.driver.list_domains(DOMAIN_PREFIX):
+        for dom in self.driver.list_domains(self.prefix):
             if dom not in known:
                 self.driver.ensure_absent(dom)
                 removed.append(dom)

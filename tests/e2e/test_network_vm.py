@@ -12,6 +12,7 @@ import shutil
 import socket
 import string
 import tempfile
+from appliance.agent.vmnames import vm_prefix
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def netlab() -> Iterator[tuple[LabServer, NetworkConfig, str]]:
         server.stop()
         print(server.log_tail(60))
         try:
-            _remove_vms(base / "state", f"pl_netvm-{tag}_")
+            _remove_vms(base / "state", vm_prefix(base / "state"))
             remove_host_network(settings, config)
         finally:
             shutil.rmtree(base, ignore_errors=True)

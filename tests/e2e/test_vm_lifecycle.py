@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from appliance.agent.vmnames import domain_name, vm_prefix
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def test_vm_lifecycle(vmlab: LabServer, tmp_path: Path) -> None:
                   "bootstrap": {"cloudInit": {"rawCloudConfig": {
                       "name": "web-1-cloud-init", "key": "user-data"}}}}}]))
     kc.run("apply", "-f", str(manifest))
-    dom = f"pl_{ns}_web-1"
+    dom = domain_name({"metadata": {"namespace": ns, "name": "web-1"}},
+                      vm_prefix(vmlab.state_dir))
     status = wait_for("web-1 Ready with an IP", lambda: ready(kc, ns, "web-1"), BOOT_TIMEOUT,
                       5, describe=lambda: json.dumps(vm_status(kc, ns, "web-1"))[:800])
     ip = status["network"]["primaryIP4"]
@@ -146,7 +148,8 @@ def test_restart_during_create_converges(vmlab: LabServer, tmp_path: Path) -> No
             "spec": {"className": "best-effort-xsmall", "imageName": "debian-12",
                      "powerState": "PoweredOn"}}
     kc.run("apply", "-f", "-", input=json.dumps(body))
-    dom = f"pl_{ns}_db-1"
+    dom = domain_name({"metadata": {"namespace": ns, "name": "db-1"}},
+                      vm_prefix(vmlab.state_dir))
     # Kill the host service as soon as the agent has started building the VM.
     wait_for("the agent to start building", lambda: (vmlab.state_dir / "vms").exists() and any(
         p.name.startswith(f"{ns}_db-1") for p in (vmlab.state_dir / "vms").iterdir()), 120, 0.2)

@@ -61,7 +61,7 @@ def test_kvm_when_qemu_runs_a_kvm_guest(fake_root: Path) -> None:
     runner = FakeRunner({KVM_PROBE: done(hostfacts.PROBE_EXIT_STATUS)})
 
     assert detect_accelerator(run_cmd=runner, dev_kvm=fake_root / "dev/kvm") == ("kvm", "")
-    assert ["-cpu", "host"] == runner.calls[0][runner.calls[0].index("-cpu"):][:2]
+    assert runner.calls[0][runner.calls[0].index("-cpu"):][:2] == ["-cpu", "host"]
 
 
 def test_tcg_when_kvm_init_aborts(fake_root: Path) -> None:

@@ -91,7 +91,7 @@ def test_json_patch_operations() -> None:
     assert out == {"metadata": {"name": "web", "generateName": "web",
                                 "labels": {"tier": "frontend"}},
                    "spec": {"replicas": 3, "ports": [80, 443, 8080], "suspended": True}}
-    assert DOC == before
+    assert before == DOC
 
 
 def test_json_patch_accepts_json_text() -> None:
@@ -129,7 +129,7 @@ def test_json_patch_errors(ops: Any, message: str) -> None:
     before = copy.deepcopy(DOC)
     with pytest.raises(PatchError, match=message):
         json_patch(DOC, ops)
-    assert DOC == before  # atomic: the failed patch left the input alone
+    assert before == DOC  # atomic: the failed patch left the input alone
 
 
 def test_json_patch_test_equality_is_json_equality() -> None:

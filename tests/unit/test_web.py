@@ -17,6 +17,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
+from appliance.agent.vmnames import vm_prefix
 from appliance.auth import bootstrap, users
 from appliance.errors import ApiError
 from appliance.kinds import default_registry
@@ -632,7 +633,7 @@ def test_console_log_needs_a_role_and_is_plain_text(lab: Any) -> None:
     make_vm(sup, "dev", "web-1")
     consoles = sup.settings.state_dir / "consoles"
     consoles.mkdir()
-    (consoles / "pl_dev_web-1.log").write_bytes(
+    (consoles / f"{vm_prefix(sup.settings.state_dir)}dev_web-1.log").write_bytes(
         b"\x1b[0;32m[  OK  ]\x1b[0m Started Journal.\r\nDebian GNU/Linux 12 web-1 ttyS0\r\n")
     alice = Browser(app)
     alice.login("alice", PASSWORDS["alice"])
