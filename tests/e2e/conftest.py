@@ -41,7 +41,10 @@ def vmlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     finally:
         server.stop()
         print(server.log_tail(80))
+        left = server.remove_leftovers()
         shutil.rmtree(base, ignore_errors=True)
+        if left:
+            print(f"removed domains left behind: {left}")
 
 
 def kubeconfig_for(server: LabServer, tmp: Path, namespace: str) -> Path:

@@ -12,7 +12,6 @@ import shutil
 import socket
 import string
 import tempfile
-from appliance.agent.vmnames import vm_prefix
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,28 +58,10 @@ def netlab() -> Iterator[tuple[LabServer, NetworkConfig, str]]:
         server.stop()
         print(server.log_tail(60))
         try:
-            _remove_vms(base / "state", vm_prefix(base / "state"))
+            server.remove_leftovers()
             remove_host_network(settings, config)
         finally:
             shutil.rmtree(base, ignore_errors=True)
-
-
-def _remove_vms(state_dir: Path, prefix: str) -> None:
-    """Domains and the storage pool a failed test may have left (the agent removes them
-    when the VM is deleted)."""
-    import hashlib
-
-    from hypervisor.disks import DiskStore
-    from hypervisor.libvirt_driver import LibvirtDriver
-
-    driver = LibvirtDriver()
-    try:
-        for name in driver.list_domains(prefix):
-            driver.ensure_absent(name)
-        pool = f"pacific-vms-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:8]}"
-        DiskStore(driver, state_dir).remove_pool(pool, delete_volumes=True)
-    finally:
-        driver.close()
 
 
 def test_vm_on_its_namespace_network(netlab: tuple[LabServer, NetworkConfig, str],

@@ -110,6 +110,28 @@ class LabServer:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def remove_leftovers(self) -> list[str]:
+        """Domains (VMs and pod VMs) and the storage pool of this lab that a failed test
+        left behind; the agent removes them itself when their objects are deleted."""
+        import hashlib
+
+        from appliance.agent.vmnames import pod_prefix, vm_prefix
+        from hypervisor.disks import DiskStore
+        from hypervisor.libvirt_driver import LibvirtDriver
+
+        driver = LibvirtDriver()
+        removed = []
+        try:
+            for prefix in (vm_prefix(self.state_dir), pod_prefix(self.state_dir)):
+                for name in driver.list_domains(prefix):
+                    driver.ensure_absent(name)
+                    removed.append(name)
+            pool = f"pacific-vms-{hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]}"
+            DiskStore(driver, self.state_dir).remove_pool(pool, delete_volumes=True)
+        finally:
+            driver.close()
+        return removed
+
     def lab(self, *args: str, input: str | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "appliance.cli", *args], env=self.env,
