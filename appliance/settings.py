@@ -48,6 +48,11 @@ class Settings:
     network_uplink: str = ""  # SNAT uplink; empty: the default route's interface
     network_dns_domain: str = "pacific.internal"
     network_snat: bool = True  # NAT mode of new namespaces
+    # Pod images: registries that may be on loopback or private addresses, and those
+    # spoken to over plain HTTP ("host:port", comma-separated in LAB_* variables).
+    # Both are administrator choices; nothing is trusted by default.
+    registries_private: tuple[str, ...] = ()
+    registries_insecure: tuple[str, ...] = ()
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -85,6 +90,16 @@ class Settings:
         return self.state_dir / "admin.kubeconfig"
 
     @property
+    def pods_dir(self) -> Path:
+        """Per-pod files on this host (config, scratch disk, channels, logs), by uid."""
+        return self.state_dir / "pods"
+
+    @property
+    def pod_images_dir(self) -> Path:
+        """Container images as read-only erofs disks, shared by every pod using them."""
+        return self.state_dir / "pod-images"
+
+    @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'supervisor.db'}"
 
@@ -95,6 +110,11 @@ class Settings:
     @property
     def dashboard_url(self) -> str:
         return f"https://{self.public_host or 'localhost'}:{self.dashboard_port}"
+
+
+def _names(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def _flag(value: object) -> bool:
@@ -109,7 +129,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_enabled": _flag, "network_pool_cidr": str, "network_subnet_prefix": int,
     "network_ingress_cidr": str, "network_cluster_ip_cidr": str, "network_bridge": str,
     "network_tag": str, "network_uplink": str, "network_dns_domain": str,
-    "network_snat": _flag,
+    "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
 }
 
 

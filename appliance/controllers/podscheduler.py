@@ -29,7 +29,7 @@ from appliance.controllers.scheduler import (
     set_condition,
     vm_address,
 )
-from appliance.kinds.pods import terminal, vm_size
+from appliance.kinds.pods import placement_size, terminal
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import GROUP, STORAGE
 from appliance.resources import Ref, ResourceApi
@@ -59,12 +59,12 @@ class PodScheduler(Controller):
         spec = pod.get("spec") or {}
         if spec.get("nodeName"):
             return self._ensure_address(pod, spec["nodeName"])
-        cpus, mib = vm_size(pod)
+        cpus, mib = placement_size(pod)
         vms, _ = self.api.list(VMS)
         rooms = self.rooms_view.rooms(vms)
         fits = [r for r in rooms if r.cpu >= cpus and r.memory >= Decimal(mib) * 2**20]
         if not fits:
-            why = (f"0/{len(rooms)} nodes are available: no Ready host has {cpus} vCPUs and "
+            why = (f"0/{len(rooms)} nodes are available: no Ready host has {cpus} CPUs and "
                    f"{mib} MiB free for the pod's VM")
             self._condition(pod, "False", "Unschedulable", why)
             events.record(self.api, pod, "Warning", "FailedScheduling", why,

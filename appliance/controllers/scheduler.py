@@ -133,12 +133,12 @@ class VmScheduler(Controller):
             if size is not None:
                 rooms[host].cpu -= size[0]
                 rooms[host].memory -= size[1]
-        from appliance.kinds.pods import vm_size
+        from appliance.kinds.pods import placement_size
 
         for pod in placed_pods(self.api):
             host = pod["spec"]["nodeName"]
             if host in rooms:
-                cpus, mib = vm_size(pod)
+                cpus, mib = placement_size(pod)
                 rooms[host].cpu -= cpus
                 rooms[host].memory -= Decimal(mib) * 2**20
         return list(rooms.values())

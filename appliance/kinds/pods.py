@@ -41,7 +41,7 @@ from appliance.util.quantity import parse_quantity
 
 POD_FINALIZER = "pacific.lab/pod-vm"
 #: What a container that asks for nothing is given (a namespace LimitRange's defaults).
-DEFAULT_REQUESTS = {"cpu": "500m", "memory": "256Mi"}
+DEFAULT_REQUESTS = {"cpu": "100m", "memory": "256Mi"}
 #: Memory the pod VM needs beyond its containers' (kernel, init, page cache).
 VM_OVERHEAD_MIB = 64
 MIN_CONTAINER_MEMORY_MIB = 32
@@ -460,6 +460,12 @@ def _pod_consumes(pod: Obj, lookup: Lookup) -> dict[str, Decimal]:
             "requests.memory": _sum(pod, "requests", "memory"),
             "limits.cpu": _sum(pod, "limits", "cpu"),
             "limits.memory": _sum(pod, "limits", "memory")}
+
+
+def placement_size(pod: Obj) -> tuple[Decimal, int]:
+    """(CPUs, MiB) a pod takes from its host when placed: CPU by its requests, as
+    Kubernetes schedules, memory as its VM is sized (memory is never overcommitted)."""
+    return _sum(pod, "requests", "cpu"), vm_size(pod)[1]
 
 
 def vm_size(pod: Obj) -> tuple[int, int]:

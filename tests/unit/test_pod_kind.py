@@ -56,7 +56,7 @@ def test_defaults_like_kube_apiserver_and_a_limit_range(service: ObjectService) 
     c = spec["containers"][0]
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["terminationMessagePath"] == "/dev/termination-log"
-    assert c["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert pod["status"] == {"phase": "Pending", "qosClass": "Burstable"}
     assert POD_FINALIZER in pod["metadata"]["finalizers"]
     latest = service.create(SYSTEM, _t(service, "pods"), _pod(
@@ -120,21 +120,21 @@ def test_quota_counts_requests_and_pods_and_frees_them_when_finished(
         service: ObjectService) -> None:
     service.create(SYSTEM, _t(service, "resourcequotas"), {
         "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "q"},
-        "spec": {"hard": {"requests.cpu": "1", "count/pods": "5"}}})
+        "spec": {"hard": {"requests.cpu": "200m", "count/pods": "5"}}})
     service.create(SYSTEM, _t(service, "pods"), _pod("a"))
     service.create(SYSTEM, _t(service, "pods"), _pod("b"))
     with pytest.raises(ApiError) as info:
         service.create(SYSTEM, _t(service, "pods"), _pod("c"))
     assert info.value.code == 403
-    assert "exceeded quota: q, requested: requests.cpu=500m, used: requests.cpu=1, " \
-           "limited: requests.cpu=1" in info.value.message
+    assert "exceeded quota: q, requested: requests.cpu=100m, used: requests.cpu=200m, " \
+           "limited: requests.cpu=200m" in info.value.message
     # A finished pod holds no CPU: the next one fits.
     service.patch(SYSTEM, _t(service, "pods", name="a", sub="status"), MERGE_PATCH,
                   {"status": {"phase": "Succeeded"}}, WriteOptions())
     service.create(SYSTEM, _t(service, "pods"), _pod("c"))
     quota = service.get(SYSTEM, _t(service, "resourcequotas", name="q"))
     assert quota["status"]["used"]["count/pods"] == "3"
-    assert quota["status"]["used"]["requests.cpu"] == "1"
+    assert quota["status"]["used"]["requests.cpu"] == "200m"
 
 
 def test_delete_waits_for_the_agent_with_the_pods_grace_period(
