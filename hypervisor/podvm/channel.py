@@ -23,7 +23,7 @@ output (ttyS2)::
 
     out TIME CONTAINER RESTARTS stdout|stderr BASE64
 
-Each output record is one ``write()`` in the guest (at most 3 KiB of data,
+Each output record is one ``write()`` in the guest (at most 24 KiB of data,
 so long lines are split), so records of two containers never interleave;
 base64 keeps binary data intact. ``RESTARTS`` tells container instances
 apart (``kubectl logs --previous``).
@@ -35,7 +35,8 @@ left for the next call. A line that does not parse is returned as
 it got hold of the port) and never raises.
 
 The control channel is a unix socket QEMU listens on (ttyS3 in the guest):
-``send_control(path, "TERM")`` or ``"KILL"``.
+``send_control(path, "TERM")`` or ``"KILL"`` sends ``TERM GRACE|- ID`` or
+``KILL - ID`` and waits for the init's ``ack ID`` on the same socket.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import secrets
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +55,13 @@ from typing import Literal, TypeVar
 Stream = Literal["stdout", "stderr"]
 ControlCommand = Literal["TERM", "KILL"]
 
-# A line longer than this is garbage (the longest real record is ~4.2 KiB).
+# A line longer than this is garbage (the longest real record is ~32.1 KiB).
 MAX_RECORD = 64 * 1024
-CONTROL_TIMEOUT = 5.0
+CONTROL_TIMEOUT = 30.0
+# Newlines before each control message: bytes that reach the UART before the
+# guest opened the port sit in its receive FIFO (16 bytes) and are cleared
+# when the port is opened; what is lost then is only blank lines.
+_PAD = b"\n" * 32
 
 
 @dataclass(frozen=True)
@@ -311,36 +318,63 @@ class OutputReader:
 
 # -- control -----------------------------------------------------------
 
-def control_message(command: ControlCommand, grace_seconds: int | None = None) -> bytes:
-    """The bytes sent for ``command``: a leading newline (the UART may drop the first
-    byte that arrives before the guest opened the port), ``TERM [GRACE]`` or ``KILL``."""
+def control_message(command: ControlCommand, grace_seconds: int | None = None,
+                    message_id: str = "0") -> bytes:
+    """The bytes sent for ``command``: blank lines (see ``_PAD``), then
+    ``TERM GRACE|- ID`` or ``KILL - ID``; the guest answers ``ack ID``."""
+    if not message_id.isalnum():
+        raise ValueError(f"bad message id {message_id!r}")
     if command == "TERM":
         if grace_seconds is None:
-            return b"\nTERM\n"
-        if not 0 <= grace_seconds <= 86400 * 7:
+            grace = "-"
+        elif 0 <= grace_seconds <= 86400 * 7:
+            grace = str(int(grace_seconds))
+        else:
             raise ValueError(f"grace period {grace_seconds} is not 0 to a week")
-        return f"\nTERM {int(grace_seconds)}\n".encode()
+        return _PAD + f"TERM {grace} {message_id}\n".encode()
     if command == "KILL":
         if grace_seconds is not None:
             raise ValueError("KILL takes no grace period")
-        return b"\nKILL\n"
+        return _PAD + f"KILL - {message_id}\n".encode()
     raise ValueError(f"control command must be TERM or KILL, not {command!r}")
 
 
 def send_control(socket_path: Path, command: ControlCommand, *, grace_seconds: int | None = None,
                  timeout: float = CONTROL_TIMEOUT) -> None:
-    """Deliver ``command`` to the pod init through the VM's control socket.
+    """Deliver ``command`` to the pod init through the VM's control socket; return once the
+    init has acknowledged it.
 
     ``grace_seconds`` overrides the pod's terminationGracePeriodSeconds for
-    a TERM (``kubectl delete --grace-period``). The guest acknowledges with a
-    ``terminating`` event. Raises ``ControlError`` when the socket does not
-    take the message within ``timeout`` seconds.
+    a TERM (``kubectl delete --grace-period``). The connection stays open
+    until the guest answers (QEMU drops what it has not passed on to the
+    guest when the client hangs up, and a VM still booting reads its control
+    port only once its init runs). Raises ``ControlError`` when the VM is
+    not there or does not answer within ``timeout`` seconds.
     """
-    message = control_message(command, grace_seconds)
+    message_id = secrets.token_hex(4)
+    message = control_message(command, grace_seconds, message_id)
+    expected = f"ack {message_id}".encode()
+    deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(socket_path))
             sock.sendall(message)
+            received = b""
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ControlError(f"{command} to {socket_path}: no answer in {timeout:.0f}s")
+                sock.settimeout(left)
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ControlError(f"{command} to {socket_path}: the VM closed the channel")
+                received = (received + chunk)[-4096:]
+                if any(line.strip() == expected for line in received.split(b"\n")):
+                    return
+    except ControlError:
+        raise
+    except TimeoutError as exc:
+        raise ControlError(f"{command} to {socket_path}: no answer in {timeout:.0f}s") from exc
     except OSError as exc:
         raise ControlError(f"cannot send {command} to {socket_path}: {exc}") from exc

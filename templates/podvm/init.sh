@@ -13,7 +13,8 @@
 #   ttyS0  console: this script's own log and the kernel's
 #   ttyS1  events:  one line per record, "KIND TIME FIELD..."
 #   ttyS2  output:  "out TIME CONTAINER RESTART STREAM BASE64", one write() per record
-#   ttyS3  control: "TERM [GRACE]" or "KILL" from the host
+#                   (at most 24 KiB of data per record)
+#   ttyS3  control: "TERM GRACE|- ID" or "KILL - ID" from the host, "ack ID" back
 #
 # Nothing secret is ever written to the console or the event channel.
 
@@ -34,8 +35,8 @@ mkdir -p $CFG $S $R/image $R/vol $R/root $R/c
 log() { read -r up _ </proc/uptime; echo "pod-init: [$up] $*"; }
 
 # The host channels, opened once and inherited by every helper below (never
-# by a container: see start_container). raw: no newline translation, no echo.
-exec 3>/dev/ttyS1 4>/dev/ttyS2 5</dev/ttyS3
+# by a container: see supervise). raw: no newline translation, no echo.
+exec 3>/dev/ttyS1 4>/dev/ttyS2 5<>/dev/ttyS3
 for t in ttyS1 ttyS2 ttyS3; do stty -F /dev/$t raw -echo -echoe -echok -echoctl -echoke || log "stty $t failed"; done
 
 # ev KIND FIELD...: one event record (one write(): echo is a builtin that writes once).
@@ -261,11 +262,13 @@ done
 exec /.pod/busybox env -i -- "$@"'
 
 # forward NAME RESTART STREAM <fifo: frame a container stream as output records.
-# Each dd reads whatever the pipe holds (up to 3 KiB) and each record is one
-# echo, so one write(): records of two containers never interleave.
+# Each dd reads whatever the pipe holds (up to 24 KiB: a quiet container's
+# line goes out at once, a chatty one's in big records, as the processes
+# spawned per record cost more than the bytes) and each record is one echo,
+# so one write(): records of two containers never interleave.
 forward() {
     while :; do
-        b=$(dd bs=3072 count=1 2>/dev/null | base64 -w 0)
+        b=$(dd bs=24576 count=1 2>/dev/null | base64 -w 0)
         [ -n "$b" ] || break
         echo "out $EPOCHREALTIME $1 $2 $3 $b" >&4
     done
@@ -293,30 +296,35 @@ prepare_root() {
     list=$R/c/$i.paths
     printf '%s\n' dir /proc dir /sys dir /dev file /etc/hosts file /etc/resolv.conf \
         file /etc/hostname dir "$c_workdir" >"$list"
+    bad=
     mount_volume() {
         src=$R/vol/$1${4:+/$4}
-        if [ -n "$4" ] && [ ! -e "$src" ]; then mkdir -p "$src" || return 1; fi
+        if [ -n "$4" ] && [ ! -e "$src" ]; then mkdir -p "$src" || { bad=1; return 1; }; fi
         if [ -d "$src" ]; then printf 'dir\n%s\n' "$2"; else printf 'file\n%s\n' "$2"; fi >>"$list"
     }
-    . "$CFG/c/$i/mounts.sh" || { msg="bad volume mount"; return 1; }
+    . "$CFG/c/$i/mounts.sh"
+    [ -z "$bad" ] || { msg="cannot create a volume's subPath"; return 1; }
     in_root sh -c "$PREP" <"$list" >"$list.real" ||
         { msg="cannot create mount points in the container root"; return 1; }
     exec 6<"$list.real"
+    msg="cannot mount the container's /proc, /sys, /dev or /etc files"
     IFS= read -r t <&6; mount -t proc -o nosuid,nodev,noexec proc "$root$t" || return 1
     IFS= read -r t <&6; mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root$t" || return 1
     IFS= read -r t <&6; mount -o rbind $D "$root$t" || return 1
     for f in hosts resolv.conf hostname; do
         IFS= read -r t <&6; mount -o bind "$CFG/etc/$f" "$root$t" || return 1
     done
-    IFS= read -r t <&6
+    IFS= read -r t <&6   # the working directory: made, nothing to mount
     mount_volume() {
         src=$R/vol/$1${4:+/$4}
         IFS= read -r t <&6
-        mount -o bind "$src" "$root$t" || return 1
-        if [ "$3" = ro ]; then mount -o remount,bind,ro "$root$t" || return 1; fi
+        mount -o bind "$src" "$root$t" || { bad=1; return 1; }
+        if [ "$3" = ro ]; then mount -o remount,bind,ro "$root$t" || { bad=1; return 1; }; fi
     }
-    . "$CFG/c/$i/mounts.sh" || { msg="cannot mount a volume"; exec 6<&-; return 1; }
+    . "$CFG/c/$i/mounts.sh"
     exec 6<&-
+    [ -z "$bad" ] || { msg="cannot mount a volume"; return 1; }
+    msg=
 }
 
 release_root() {
@@ -425,16 +433,20 @@ any_running() {
     return 1
 }
 
-# The control channel: TERM [GRACE] stops every container (SIGTERM, then
-# SIGKILL after the grace period); KILL powers off at once.
+# The control channel: "TERM GRACE|- ID" stops every container (SIGTERM,
+# then SIGKILL after the grace period: GRACE, or the pod's when "-"); "KILL -
+# ID" powers off at once. Each is acknowledged with "ack ID" (the host waits
+# for it: QEMU drops what it did not hand over when the host hangs up).
 control() {
     cr=$(printf '\r')
-    while IFS=' ' read -r cmd arg _ <&5; do
-        cmd=${cmd%"$cr"} arg=${arg%"$cr"}
+    while IFS=' ' read -r cmd arg id _ <&5; do
+        cmd=${cmd%"$cr"} arg=${arg%"$cr"} id=${id%"$cr"}
+        case $id in *[!0-9A-Za-z]*) id=invalid ;; esac
         case $cmd in
             TERM)
+                echo "ack $id" >&5
                 terminating && continue
-                grace=${arg:-$POD_GRACE}
+                grace=$arg
                 case $grace in ""|*[!0-9]*) grace=$POD_GRACE ;; esac
                 : >$R/terminating
                 ev terminating TERM $grace
@@ -449,6 +461,7 @@ control() {
                 fatal "containers did not stop after TERM"
                 ;;
             KILL)
+                echo "ack $id" >&5
                 : >$R/terminating
                 ev terminating KILL 0
                 signal_all KILL

@@ -146,37 +146,78 @@ def test_bad_lines_between_good_ones(tmp_path: Path) -> None:
 
 
 def test_control_messages() -> None:
-    assert control_message("TERM") == b"\nTERM\n"
-    assert control_message("TERM", 7) == b"\nTERM 7\n"
-    assert control_message("KILL") == b"\nKILL\n"
+    pad = b"\n" * 32  # what a UART drops before the guest opens it is blank lines
+    assert control_message("TERM", message_id="ab12") == pad + b"TERM - ab12\n"
+    assert control_message("TERM", 7, "x") == pad + b"TERM 7 x\n"
+    assert control_message("KILL", message_id="x") == pad + b"KILL - x\n"
     with pytest.raises(ValueError):
         control_message("KILL", 3)
     with pytest.raises(ValueError):
         control_message("STOP")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         control_message("TERM", -1)
+    with pytest.raises(ValueError):
+        control_message("TERM", message_id="a b")
 
 
-def test_send_control_over_a_unix_socket(tmp_path: Path) -> None:
-    path = tmp_path / "control.sock"
-    received: list[bytes] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(str(path))
-        server.listen(1)
+class FakeGuest:
+    """A unix socket listener standing in for QEMU + the pod init: it answers per ``reply``."""
 
-        def accept() -> None:
-            conn, _ = server.accept()
-            with conn:
-                data = b""
-                while chunk := conn.recv(100):
-                    data += chunk
-                received.append(data)
+    def __init__(self, path: Path, reply: object) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.reply = reply
+        self.received = b""
+        self.thread = threading.Thread(target=self.serve)
+        self.thread.start()
 
-        thread = threading.Thread(target=accept)
-        thread.start()
-        send_control(path, "TERM", grace_seconds=12)
-        thread.join(timeout=5)
-    assert received == [b"\nTERM 12\n"]
+    def serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            while not (self.received.strip(b"\n") and self.received.endswith(b"\n")):
+                chunk = conn.recv(100)
+                if not chunk:
+                    return
+                self.received += chunk
+            line = self.received.strip(b"\n").split(b"\n")[0].decode()
+            answer = self.reply(line) if callable(self.reply) else self.reply
+            if answer is not None:
+                conn.sendall(answer)
+                conn.recv(100)  # until the client hangs up
+
+    def close(self) -> None:
+        self.thread.join(timeout=5)
+        self.server.close()
+
+
+def test_send_control_waits_for_the_ack(tmp_path: Path) -> None:
+    guest = FakeGuest(tmp_path / "control.sock",
+                      lambda line: b"noise\r\nack " + line.split()[2].encode() + b"\r\n")
+    try:
+        send_control(tmp_path / "control.sock", "TERM", grace_seconds=12)
+    finally:
+        guest.close()
+    command, grace, message_id = guest.received.strip(b"\n").decode().split()
+    assert (command, grace) == ("TERM", "12") and message_id.isalnum()
+
+
+def test_send_control_without_an_ack(tmp_path: Path) -> None:
+    guest = FakeGuest(tmp_path / "control.sock", b"ack someone-else\n")
+    try:
+        with pytest.raises(ControlError, match="no answer"):
+            send_control(tmp_path / "control.sock", "KILL", timeout=0.5)
+    finally:
+        guest.close()
+
+
+def test_send_control_channel_closed(tmp_path: Path) -> None:
+    guest = FakeGuest(tmp_path / "control.sock", None)  # hangs up without answering
+    try:
+        with pytest.raises(ControlError, match="closed the channel"):
+            send_control(tmp_path / "control.sock", "TERM", timeout=5)
+    finally:
+        guest.close()
 
 
 def test_send_control_without_a_listener(tmp_path: Path) -> None:
