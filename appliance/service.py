@@ -28,9 +28,11 @@ from appliance.auth import bootstrap, users
 from appliance.client import ApiClient
 from appliance.controllers.base import Controller
 from appliance.controllers.namespace import NamespaceController
+from appliance.controllers.podscheduler import PodScheduler
 from appliance.controllers.scheduler import VmScheduler
 from appliance.kinds import default_registry
 from appliance.objects import ObjectService
+from appliance.pods.logs import PodLogs
 from appliance.pki import Pki, ensure_pki
 from appliance.resources import LocalApi, RemoteApi
 from appliance.settings import Settings
@@ -125,7 +127,8 @@ class HostService:
                      max_body=s.max_body_bytes, server_address=f"{addr}:{s.api_port}",
                      ready=self.ready.is_set, ca_pem=pki.ca_pem(),
                      logs={("vmoperator.vmware.com", "virtualmachines", "console"):
-                           self._console_log})
+                           self._console_log},
+                     streams={("", "pods", "log"): PodLogs(s.pods_dir).read})
         self.api = api
         self._serve(api, s.api_port, "api")
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")
@@ -176,6 +179,8 @@ class HostService:
             NamespaceController(sup.service),
             VmScheduler(LocalApi(sup.service), s.appliance_cidr, s.cpu_allocation_ratio,
                         namespace_network=s.network_enabled),
+            PodScheduler(LocalApi(sup.service), s.appliance_cidr, s.cpu_allocation_ratio,
+                         namespace_network=s.network_enabled),
         ]
         if s.network_enabled:
             from appliance.network.config import NetworkConfig
@@ -216,6 +221,7 @@ class HostService:
     def _run_vm_agent(self, client: ApiClient, facts: dict[str, Any],
                       stop: threading.Event) -> None:
         """The VM reconciler of this host's agent; waits for libvirt if it is not up yet."""
+        from appliance.agent.pods import PodController
         from appliance.agent.vms import VmController
         from hypervisor.appliance_net import ApplianceNetwork, NetworkError, ensure_network
         from hypervisor.libvirt_driver import LibvirtDriver
@@ -234,6 +240,21 @@ class HostService:
                                   network.name,
                                   ovs_datapath=str(facts.get("ovs_datapath") or "system"),
                                   namespace_network=s.network_enabled)
+        pods = PodController(RemoteApi(client), str(facts["hostname"]),
+                             str(facts.get("address") or ""), s,
+                             str(facts.get("accelerator") or "tcg"), LibvirtDriver(),
+                             network.name,
+                             ovs_datapath=str(facts.get("ovs_datapath") or "system"),
+                             namespace_network=s.network_enabled)
+        for agent in (controller, pods):
+            try:
+                removed = agent.collect_orphans()
+                if removed:
+                    LOG.info("%s: removed domains whose objects are gone: %s", agent.name,
+                             ", ".join(removed))
+            except Exception as exc:  # best effort: the agent itself must still start
+                LOG.warning("%s: could not look for orphaned domains: %s", agent.name, exc)
+        self._thread(pods.run, "pod-agent")
         controller.run(stop)
 
     def _thread(self, fn: Any, name: str) -> None:

@@ -86,6 +86,8 @@ def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
              # Removing its finalizer once a VM's domain and disks are gone.
              _rule(["vmoperator.vmware.com"], ["virtualmachines"], ["patch", "update"]),
              _rule([""], ["pods"], ["patch", "update"]),
+             # A pod VM's address is released once the VM is gone (as a CNI plugin does).
+             _rule(["vmware.com"], ["virtualnetworkinterfaces"], ["delete"]),
              _rule([""], ["events"], ["create", "update", "patch"])]
     for kind in registry.kinds:
         if kind.storable and (kind.group, kind.plural) not in SECRET_KINDS:
