@@ -14,22 +14,31 @@ share a pod. The pieces:
 - ``channel``: readers for the event and output logs, ``send_control()``;
 - ``runtime``: ``PodVmRuntime`` (start, terminate, kill, running, list).
 
-Usage::
+Usage (paths must be traversable by QEMU's user; image disks readable by it)::
 
-    kernel = pod_kernel(cache_dir)
-    write_config_disk(PodConfig(hostname="web", containers=(
-        Container("web", 0, ("httpd", "-f", "-p", "80")),), address="198.18.200.5/24"),
-        pod_dir / "config.tar")
+    kernel = pod_kernel(cache_dir)                       # once; cached by its inputs
+    write_config_disk(PodConfig(
+        hostname="web-0", restart_policy="Always", address="198.18.200.5/24",
+        gateway="198.18.200.1", nameservers=("198.18.200.1",),
+        containers=(Container("web", 0, ("httpd", "-f", "-p", "8080"),
+                              env=(("MODE", "prod"),), working_dir="/www",
+                              volume_mounts=(VolumeMount("cfg", "/etc/web", read_only=True),)),),
+        volumes=(FileVolume("cfg", {"web.conf": (b"...", 0o644)}),)), pod_dir / "config.tar")
     create_scratch_disk(pod_dir / "scratch.raw", 1 << 30)
-    spec = PodVmSpec(name=..., uuid=..., vcpus=1, memory_mib=256, accelerator="tcg",
-                     kernel=kernel, image_disks=(image_erofs,), scratch=..., config=...,
-                     console_log=..., event_log=..., output_log=...,
-                     control_socket=..., nic=NicSpec(mac, "bridge", "br0"))
+    spec = PodVmSpec(name="pod-dev-web-0", uuid=pod_uid, vcpus=1, memory_mib=256,
+                     accelerator=host_facts.accelerator, kernel=kernel,
+                     image_disks=(image_erofs,), scratch=pod_dir / "scratch.raw",
+                     config=pod_dir / "config.tar", console_log=pod_dir / "console.log",
+                     event_log=pod_dir / "events.log", output_log=pod_dir / "output.log",
+                     control_socket=run_dir / f"{pod_uid[:8]}.sock",
+                     nic=NicSpec(mac, "ovs", bridge, port_name=port, vlan=vlan,
+                                 csum_offload_off=datapath == "netdev"))
     runtime = PodVmRuntime(LibvirtDriver())
-    runtime.start(spec)
-    events = EventReader(spec.event_log)      # events.read() -> [Started(...), ...]
-    output = OutputReader(spec.output_log)    # output.read() -> [Output(...), ...]
-    runtime.terminate(spec)                   # TERM; the VM reports and powers off
+    runtime.start(spec)                       # False if it already runs
+    events = EventReader(spec.event_log)      # events.read() -> [Booted, Started, Exited, ...]
+    output = OutputReader(spec.output_log)    # output.read() -> [Output(container, stream, data)]
+    runtime.terminate(spec)                   # TERM, acknowledged; the VM reports and powers off
+    runtime.running(spec.name)                # False once it is gone
 """
 
 from hypervisor.podvm.channel import (

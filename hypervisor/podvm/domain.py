@@ -55,6 +55,11 @@ BASE_CMDLINE: tuple[str, ...] = (
 # AVX (whose larger FPU state makes the guest boot ~0.3 s slower than qemu64).
 TCG_CPU_MODEL = "Nehalem"
 
+# Under TCG: a cap on QEMU's translated-code cache (1 GiB by default, filled
+# as the guest runs new code): a pod VM uses ~50 MiB of it after boot; the
+# cap keeps a long-running pod from growing towards 1 GiB of RSS.
+TCG_TB_CACHE_MIB = 128
+
 MAX_IMAGE_DISKS = 20
 UNIX_PATH_MAX = 108  # sun_path, including the terminating NUL
 
@@ -181,4 +186,5 @@ def render_podvm_xml(spec: PodVmSpec, *, templates_dir: Path = DEFAULT_TEMPLATES
         metadata_ns=METADATA_NS,
         metadata_prefix=METADATA_PREFIX,
         tcg_cpu_model=TCG_CPU_MODEL,
+        tcg_tb_cache_mib=TCG_TB_CACHE_MIB,
     )

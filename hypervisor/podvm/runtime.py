@@ -16,7 +16,7 @@ from pathlib import Path
 import libvirt
 
 from hypervisor.libvirt_driver import HypervisorError, LibvirtDriver
-from hypervisor.podvm.channel import ControlError, send_control
+from hypervisor.podvm.channel import CONTROL_TIMEOUT, ControlError, send_control
 from hypervisor.podvm.domain import PodVmSpec, render_podvm_xml
 
 LOG = logging.getLogger(__name__)
@@ -57,20 +57,24 @@ class PodVmRuntime:
 
         return self.driver.call(f"start pod VM {spec.name}", create)
 
-    def terminate(self, spec_or_socket: PodVmSpec | Path, *,
-                  grace_seconds: int | None = None) -> None:
+    def terminate(self, spec_or_socket: PodVmSpec | Path, *, grace_seconds: int | None = None,
+                  timeout: float = CONTROL_TIMEOUT) -> None:
         """Ask the pod init to stop its containers (SIGTERM, SIGKILL after the grace
-        period) and power off. Returns at once; the VM reports ``terminating``,
-        then ``exited`` per container and ``done``, and goes away by itself.
+        period: ``grace_seconds``, or the pod's terminationGracePeriodSeconds) and
+        power off.
 
-        Raises ``ControlError`` when the VM does not take the message (not
-        running, or gone meanwhile).
+        Returns once the init has acknowledged the message (at once for a
+        running pod; a VM still booting answers when its init runs, ~2-4 s
+        under TCG). The VM then reports ``terminating``, ``exited`` per
+        container and ``done``, and goes away by itself. Raises
+        ``ControlError`` when the VM is not there or does not answer within
+        ``timeout`` seconds (``kill()`` it then).
         """
         socket_path = (spec_or_socket.control_socket if isinstance(spec_or_socket, PodVmSpec)
                        else Path(spec_or_socket))
         LOG.info("[%s] TERM (grace %s)", socket_path.name,
                  "from the pod" if grace_seconds is None else f"{grace_seconds}s")
-        send_control(socket_path, "TERM", grace_seconds=grace_seconds)
+        send_control(socket_path, "TERM", grace_seconds=grace_seconds, timeout=timeout)
 
     def kill(self, name: str) -> bool:
         """Destroy the pod VM at once; return whether it was running (idempotent)."""

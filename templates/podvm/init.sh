@@ -26,6 +26,9 @@ mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o nosuid devtmpfs /dev
 exec </dev/null >/dev/console 2>&1
 umask 022
+# The OOM killer spares the init and its helpers (supervisors, forwarders);
+# each container is set back to 0 by LAUNCH.
+echo -1000 >/proc/self/oom_score_adj
 
 R=/run/pod            # everything of ours
 CFG=$R/cfg            # the unpacked configuration (RAM only: it may hold secrets)
@@ -234,6 +237,7 @@ exit 1'
 # (argv[0] is then EXE). The script's own variables are __pod_* and never
 # exported.
 LAUNCH='
+echo 0 >/proc/self/oom_score_adj
 cd -- "$0" || exit 128
 __pod_exe=$1; shift
 __pod_plain=1

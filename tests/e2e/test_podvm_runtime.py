@@ -276,7 +276,8 @@ def test_pod_features_and_term(lab: Lab) -> None:
         " sleep 0.1; done; echo http=$body; "
         "for i in $(seq 50); do [ -e /mem/from-server ] && break; sleep 0.1; done; "
         "echo mem=$(cat /mem/from-server) memfs=$(grep ' /mem ' /proc/mounts | cut -d' ' -f3); "
-        "echo hostname=$(hostname); touch /etc/app/x 2>/dev/null || echo readonly-ok; "
+        "echo hostname=$(hostname) oom=$(cat /proc/$$/oom_score_adj); "
+        "touch /etc/app/x 2>/dev/null || echo readonly-ok; "
         "exit 3"),
         image=1, working_dir="/srv/work",
         env=(("FOO", "bar baz"), ("my.odd", "dotted")),
@@ -307,7 +308,7 @@ def test_pod_features_and_term(lab: Lab) -> None:
     assert "marker=image-1" in out  # the client's own image
     assert "http=served-by-server" in out, (out, pod.out("client", "stderr"))
     assert "mem=mem memfs=tmpfs" in out
-    assert "hostname=features" in out
+    assert "hostname=features oom=0" in out  # the OOM killer spares only the init
     assert "readonly-ok" in out
     assert pod.out("server") == b"listening\n"
     assert lab.runtime.running(pod.spec.name)
