@@ -214,6 +214,8 @@ class PodController(Controller):
         run.waiting = None
         spec = self._vm_spec(pod, run, dom, config, image_disks)
         self.runtime.start(spec)
+        # The guest has read what it needs at boot; the pod's secrets do not stay on disk.
+        spec.config.unlink(missing_ok=True)
         run.started_marker.touch(mode=0o600)
         run.events_at = run.output_at = 0
         for c in (pod.get("spec") or {}).get("containers") or []:
@@ -505,7 +507,7 @@ class PodController(Controller):
                     events.record(self.api, pod, "Normal", "Killing",
                                   f"Stopping container {c['name']}", "kubelet")
                 try:
-                    self.runtime.terminate(self._socket(run))
+                    self.runtime.terminate(self._socket(run), timeout=5.0)
                     run.term_sent = time.monotonic()
                 except (channel.ControlError, OSError, HypervisorError) as exc:
                     LOG.warning("[%s/%s] TERM to the pod VM failed (%s); killing it",

@@ -1,0 +1,272 @@
+"""vSphere Pods benchmark: pod start latency and the memory of idle pod VMs.
+
+    .venv/bin/python benchmarks/podvm.py [--pods 20] [--idle 10,50] [--out FILE.json]
+
+In one run, on this host's accelerator (KVM or TCG, printed):
+
+1. The floor: a bare ``qemu-system-x86_64 -M pc -bios qboot.rom -kernel … -initrd …``
+   boot of the same kernel and pod initramfs, from process start until the pod
+   init prints its first line on the serial console (``pod-init: … booted``).
+2. Pod start latency through the real host service and API: from the POST of a
+   Pod to the watch event that shows its container running (the guest reported
+   the container's process started), for ``--pods`` pods one after another,
+   with a cold image cache (emptied before each pod: pull, unpack, erofs build
+   included) and with a warm one. Median and p95, and both as a ratio of the floor.
+3. Memory: the RSS of each pod VM's QEMU with ``--idle`` pods running (a
+   ``sleep``), median and mean, and the host's used memory.
+
+A registry on loopback serves a busybox image the benchmark builds and pushes
+itself. Pods use the appliance network (no namespace network), so the figures
+are the pod VM's, not the network controllers'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from appliance.agent.vmnames import pod_prefix  # noqa: E402
+from hypervisor.domain import QBOOT_ROM  # noqa: E402
+from hypervisor.hostfacts import detect_accelerator  # noqa: E402
+from hypervisor.oci.cache import ImageCache  # noqa: E402
+from hypervisor.oci.policy import RegistryPolicy  # noqa: E402
+from hypervisor.podvm.domain import BASE_CMDLINE  # noqa: E402
+from hypervisor.podvm.initramfs import pod_kernel  # noqa: E402
+from tests.support.ociimages import push_busybox  # noqa: E402
+from tests.support.registry import LocalRegistry  # noqa: E402
+from tests.support.server import LabServer  # noqa: E402
+
+CACHE = Path(os.environ.get("LAB_CACHE_DIR", "/var/cache/pacific-lab"))
+NS = "bench-pods"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "median": statistics.median(values),
+            "p95": percentile(values, 0.95), "min": min(values), "max": max(values)}
+
+
+# -- 1. the floor ------------------------------------------------------------------------
+
+
+def bare_boot(accel: str, runs: int = 5) -> list[float]:
+    kernel = pod_kernel(CACHE / "podvm")
+    times = []
+    for _ in range(runs):
+        argv = ["qemu-system-x86_64", "-M", "pc", "-bios", str(QBOOT_ROM), "-m", "320",
+                "-accel", accel, "-kernel", str(kernel.kernel), "-initrd", str(kernel.initrd),
+                "-append", " ".join(BASE_CMDLINE), "-display", "none", "-serial", "stdio",
+                "-no-reboot", "-nodefaults"]
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                if b"pod-init:" in line and b"booted" in line:
+                    times.append(time.monotonic() - started)
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+    return times
+
+
+# -- 2. pod start latency ----------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, lab: LabServer) -> None:
+        self.lab = lab
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = lab.ca_file
+        self.session.headers["Authorization"] = f"Bearer {lab.admin_token()}"
+
+    def url(self, path: str) -> str:
+        return self.lab.url + path
+
+    def create_pod(self, name: str, image: str, command: list[str]) -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "main", "image": image, "command": command,
+                                         "imagePullPolicy": "IfNotPresent"}],
+                         "terminationGracePeriodSeconds": 0}}
+        r = self.session.post(self.url(f"/api/v1/namespaces/{NS}/pods"), json=body, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_running(self, name: str, rv: str, timeout: float = 300) -> float:
+        """Seconds until the watch shows the container running (or already finished)."""
+        r = self.session.get(self.url(f"/api/v1/namespaces/{NS}/pods"), params={
+            "watch": "true", "resourceVersion": rv, "fieldSelector": f"metadata.name={name}",
+            "timeoutSeconds": str(int(timeout))}, stream=True, timeout=timeout + 10)
+        for line in r.iter_lines():
+            ev = json.loads(line)
+            for cs in (ev["object"].get("status") or {}).get("containerStatuses") or []:
+                state = cs.get("state") or {}
+                if "running" in state or "terminated" in state:
+                    r.close()
+                    return time.monotonic()
+        raise TimeoutError(f"pod {name} did not start in {timeout}s")
+
+    def delete_pod(self, name: str, wait: bool = True) -> None:
+        self.session.delete(self.url(f"/api/v1/namespaces/{NS}/pods/{name}"),
+                            json={"gracePeriodSeconds": 0}, timeout=30)
+        deadline = time.monotonic() + 120
+        while wait and time.monotonic() < deadline:
+            r = self.session.get(self.url(f"/api/v1/namespaces/{NS}/pods/{name}"), timeout=30)
+            if r.status_code == 404:
+                return
+            time.sleep(0.2)
+
+
+def start_latency(api: Api, image: str, count: int, cold: bool, cache: Path) -> list[float]:
+    out = []
+    for i in range(count):
+        if cold:
+            ImageCache(cache, RegistryPolicy()).remove_unused([])
+        name = f"{'cold' if cold else 'warm'}-{i:02d}"
+        t0 = time.monotonic()
+        created = api.create_pod(name, image, ["sleep", "3600"])
+        t1 = api.wait_running(name, created["metadata"]["resourceVersion"])
+        out.append(t1 - t0)
+        print(f"  {name}: {t1 - t0:.2f} s", flush=True)
+        api.delete_pod(name)
+    return out
+
+
+# -- 3. memory ---------------------------------------------------------------------------
+
+
+def qemu_rss(prefix: str) -> list[int]:
+    """RSS in KiB of every QEMU running a domain whose name starts with ``prefix``."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if not cmdline or not cmdline[0].endswith(b"qemu-system-x86_64"):
+            continue
+        if not any(a.startswith(b"guest=" + prefix.encode()) for a in cmdline):
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                out.append(int(line.split()[1]))
+    return out
+
+
+def host_used_kib() -> int:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kib = {k: int(v.split()[0]) for k, v in info.items()}
+    return kib["MemTotal"] - kib["MemAvailable"]
+
+
+def idle_memory(api: Api, image: str, counts: list[int], prefix: str) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    running: list[str] = []
+    before = host_used_kib()
+    for target in counts:
+        names = [f"idle-{i:02d}" for i in range(len(running), target)]
+        rvs = {}
+        for name in names:
+            rvs[name] = api.create_pod(name, image, ["sleep", "3600"])["metadata"][
+                "resourceVersion"]
+        threads = [threading.Thread(target=api.wait_running, args=(n, rvs[n], 900))
+                   for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        running += names
+        time.sleep(20)  # let the guests settle after boot
+        rss = qemu_rss(prefix)
+        results[str(target)] = {
+            "pods": len(rss), "rss_mib_median": statistics.median(rss) / 1024,
+            "rss_mib_mean": statistics.mean(rss) / 1024,
+            "rss_mib_total": sum(rss) / 1024,
+            "host_used_mib_delta": (host_used_kib() - before) / 1024}
+        print(f"  {target} idle pods: {results[str(target)]}", flush=True)
+    for name in running:
+        api.delete_pod(name, wait=False)
+    for name in running:
+        api.delete_pod(name)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--idle", default="10,50")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    accel, why = detect_accelerator()
+    print(f"accelerator: {accel} {why}".rstrip(), flush=True)
+    result: dict[str, Any] = {"accelerator": accel, "cpus": os.cpu_count(),
+                              "kernel": platform.release()}
+    print("bare qemu -kernel boot to the pod init:", flush=True)
+    floor = bare_boot(accel)
+    result["bare_boot_s"] = summary(floor)
+    print(f"  {result['bare_boot_s']}", flush=True)
+
+    base = Path(tempfile.mkdtemp(prefix="pacific-bench-pods-", dir="/var/tmp"))
+    base.chmod(0o711)
+    registry = LocalRegistry().start()
+    env = {"LAB_CACHE_DIR": str(CACHE), "LAB_REGISTRIES_PRIVATE": registry.host,
+           "LAB_REGISTRIES_INSECURE": registry.host}
+    lab = LabServer(base / "state", extra_env=env)
+    try:
+        image = push_busybox(registry)
+        lab.start()
+        api = Api(lab)
+        r = api.session.post(api.url("/api/v1/namespaces"), json={
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}, timeout=30)
+        r.raise_for_status()
+        cache = lab.state_dir / "pod-images"
+        for cold in (True, False):
+            label = "cold" if cold else "warm"
+            print(f"pod start latency, {label} image cache ({args.pods} pods):", flush=True)
+            times = start_latency(api, image, args.pods, cold, cache)
+            result[f"start_{label}_s"] = summary(times)
+            result[f"start_{label}_ratio_to_bare"] = {
+                k: result[f"start_{label}_s"][k] / result["bare_boot_s"]["median"]
+                for k in ("median", "p95")}
+        print("memory of idle pod VMs:", flush=True)
+        result["idle_memory"] = idle_memory(api, image, [int(n) for n in args.idle.split(",")],
+                                            pod_prefix(lab.state_dir))
+    finally:
+        lab.stop()
+        lab.remove_leftovers()
+        registry.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
