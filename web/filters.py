@@ -91,6 +91,13 @@ def object_state(obj: Obj) -> State | None:
     status = obj.get("status") or {}
     if obj["metadata"].get("deletionTimestamp"):
         return State("Terminating", "warn")
+    if obj.get("kind") == "Pod" and isinstance(status, dict):
+        from appliance.kinds.pods import pod_status_text
+
+        word = pod_status_text(obj)  # kubectl's STATUS: CrashLoopBackOff, Completed, ...
+        tone = {"Running": "ok", "Completed": "ok", "Succeeded": "ok", "Pending": "info",
+                "ContainerCreating": "info"}.get(word, "bad")
+        return State(word, tone)
     if isinstance(status, dict) and status.get("phase"):
         phase = str(status["phase"])
         tone = {"Active": "ok", "Running": "ok", "Succeeded": "ok", "Bound": "ok",

@@ -206,6 +206,26 @@ class Lab:
 
     # -- logs ------------------------------------------------------------------------------
 
+    def pod_logs(self, user: UserInfo, pod: Obj, tail_lines: int = 200
+                 ) -> list[tuple[str, str]] | None:
+        """The last lines of each container of ``pod`` (what ``kubectl logs --tail``
+        shows), or None when the user may not read pods/log."""
+        from appliance.pods.logs import PodLogs
+
+        meta = pod["metadata"]
+        if not self.can(user, "get", "", "pods", meta["namespace"], meta["name"], "log"):
+            return None
+        reader = PodLogs(Path(self.settings.state_dir) / "pods")
+        out = []
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            try:
+                text = b"".join(reader.read(pod, {"container": c["name"],
+                                                  "tailLines": str(tail_lines)}, 0))
+                out.append((c["name"], text.decode(errors="replace")))
+            except errors.ApiError as err:
+                out.append((c["name"], err.message))
+        return out
+
     def read_log(self, user: UserInfo, group: str, plural: str, namespace: str, name: str,
                  subresource: str, max_bytes: int) -> tuple[Obj, LogTail]:
         """Authorise ``get`` on the log subresource (the role check), then read its tail."""

@@ -700,7 +700,21 @@ def test_every_kind_is_listed_and_pods_appear_once_registered(tmp_path: Path) ->
         assert f">{k}</a>" in objects
     listing = text(admin.get("/ns/dev/o/core/pods"))
     assert "hello" in listing
-    assert "phase: Running" in text(admin.get("/ns/dev/o/core/pods/hello"))
+    page = text(admin.get("/ns/dev/o/core/pods/hello"))
+    assert "phase: Running" in page and "is waiting to start: ContainerCreating" in page
+    # The pod's logs, as the host agent writes them, on its page.
+    uid = sup.service.get(SYSTEM, Target(pod, "v1", "dev", "hello"))["metadata"]["uid"]
+    from appliance.pods.logs import PodLogs
+
+    PodLogs(sup.settings.state_dir / "pods").append(uid, "c", 0, "stdout",
+                                                    b"listening on :8080\n")
+    assert "listening on :8080" in text(admin.get("/ns/dev/o/core/pods/hello"))
+    # kubectl's STATUS word, not just the phase, for a pod that cannot pull its image.
+    sup.service.patch(SYSTEM, Target(pod, "v1", "dev", "hello", "status"), MERGE_PATCH,
+                      {"status": {"phase": "Pending", "containerStatuses": [
+                          {"name": "c", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}},
+                      WriteOptions())
+    assert "ImagePullBackOff" in text(admin.get("/ns/dev"))
     cluster = text(admin.get("/cluster"))
     assert ">Namespace</a>" in cluster and ">ClusterVirtualMachineImage</a>" in cluster
     # A build without the kind has no pods section at all.

@@ -90,8 +90,11 @@ def show(ns: str, group: str, plural: str, name: str) -> str:
                 hidden.add(raw.get("key") or "user-data")
     logs = [s for s in lab().logs.subresources(kind.group, kind.plural)
             if lab().can(user(), "get", kind.group, kind.plural, ns, name, s)]
+    pod_logs = lab().pod_logs(user(), obj) if (kind.group, kind.plural) == ("", "pods") \
+        else None
     return render_template("object.html", ns=ns, namespace=namespace, kind=kind, obj=obj,
-                           events=events, logs=logs, bootstrap_keys=frozenset(hidden))
+                           events=events, logs=logs, bootstrap_keys=frozenset(hidden),
+                           pod_logs=pod_logs)
 
 
 @bp.get("/cluster")
