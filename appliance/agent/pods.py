@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import errors, events
-from appliance.agent.vmnames import domain_name, pod_prefix
+from appliance.agent.vmnames import domain_name, orphans, pod_prefix
 from appliance.controllers.base import Controller, merge_diff
 from appliance.controllers.scheduler import set_condition
 from appliance.kinds.pods import POD_FINALIZER, terminal, vm_size
@@ -546,12 +546,9 @@ class PodController(Controller):
     def collect_orphans(self) -> list[str]:
         """Pod VMs of this lab whose pod is gone (its finalizer was forced off)."""
         items, _ = self.api.list(self.ref)
-        known = {domain_name(p, self.prefix) for p in items}
-        removed = []
-        for dom in self.runtime.list(self.prefix):
-            if dom not in known:
-                self.runtime.kill(dom)
-                removed.append(dom)
+        removed = orphans(items, self.prefix, self.runtime.list(self.prefix))
+        for dom in removed:
+            self.runtime.kill(dom)
         return removed
 
 

@@ -11,6 +11,7 @@ and one lab never takes another's domains for orphans.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from appliance.kinds.registry import Obj
@@ -31,6 +32,13 @@ def pod_prefix(state_dir: Path | str) -> str:
 
 def domain_name(obj: Obj, prefix: str) -> str:
     return f"{prefix}{obj['metadata']['namespace']}_{obj['metadata']['name']}"
+
+
+def orphans(objects: Iterable[Obj], prefix: str, domains: Iterable[str]) -> list[str]:
+    """The domains named with ``prefix`` whose object is not among ``objects`` (its
+    finalizer was forced off while the host agent was away)."""
+    known = {domain_name(o, prefix) for o in objects}
+    return [d for d in domains if d.startswith(prefix) and d not in known]
 
 
 def disk_name(vm: Obj) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from appliance import errors, events
-from appliance.agent.vmnames import disk_name, domain_name, seed_name, vm_prefix
+from appliance.agent.vmnames import disk_name, domain_name, orphans, seed_name, vm_prefix
 from appliance.controllers.base import Controller, PermanentError, TemporaryError, merge_diff
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
@@ -352,12 +352,9 @@ class VmController(Controller):
     def collect_orphans(self) -> list[str]:
         """Remove domains of ours whose VM is gone (its finalizer was forced off)."""
         items, _ = self.api.list(self.ref)
-        known = {domain_name(vm, self.prefix) for vm in items}
-        removed = []
-        for dom in self.driver.list_domains(self.prefix):
-            if dom not in known:
-                self.driver.ensure_absent(dom)
-                removed.append(dom)
+        removed = orphans(items, self.prefix, self.driver.list_domains(self.prefix))
+        for dom in removed:
+            self.driver.ensure_absent(dom)
         return removed
 
 

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import os
 import re
-import secrets
 import shlex
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -39,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Literal
+
+from hypervisor.files import write_atomic
 
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
@@ -422,21 +422,6 @@ def config_archive(config: PodConfig) -> bytes:
 
 def write_config_disk(config: PodConfig, path: Path) -> Path:
     """Write the config disk (a raw tar archive, mode 0600) atomically; return ``path``."""
-    data = config_archive(config)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, config_archive(config), 0o600)
     return path

@@ -28,7 +28,6 @@ import hashlib
 import lzma
 import os
 import re
-import secrets
 import stat
 import struct
 import zlib
@@ -36,6 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from hypervisor.files import write_atomic
 
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 MODULES_ROOT = Path("/lib/modules")
@@ -493,23 +494,8 @@ def _compress(archive: bytes, compression: Compression) -> bytes:
 
 
 def _write_file(dest: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write atomically (temporary file in the same directory, then rename)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(dest, data, mode)
 
 
 def _module_name(path_or_name: str) -> str:
