@@ -33,7 +33,7 @@ from typing import Any
 
 from appliance import errors, events
 from appliance.agent.vmnames import domain_name, orphans, pod_prefix
-from appliance.controllers.base import Controller, merge_diff
+from appliance.controllers.base import Controller, drop_finalizer, merge_diff
 from appliance.controllers.scheduler import set_condition
 from appliance.kinds.pods import POD_FINALIZER, terminal, vm_size
 from appliance.kinds.registry import Obj
@@ -525,15 +525,7 @@ class PodController(Controller):
             delete_interface(self.api, pod)
         with self._runs_lock:
             self._runs.pop(run.uid, None)
-        finalizers = [f for f in meta.get("finalizers") or [] if f != POD_FINALIZER]
-        if finalizers != (meta.get("finalizers") or []):
-            try:
-                self.api.patch(self.ref, meta["namespace"], meta["name"],
-                               {"metadata": {"finalizers": finalizers or None,
-                                             "resourceVersion": meta["resourceVersion"]}})
-            except errors.ApiError as err:
-                if err.code != 404:
-                    raise
+        drop_finalizer(self.api, self.ref, pod, POD_FINALIZER)
         LOG.info("[%s/%s] pod VM and its files removed", *run.key)
         return None
 

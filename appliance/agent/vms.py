@@ -29,9 +29,15 @@ from typing import Any
 
 import yaml
 
-from appliance import errors, events
+from appliance import events
 from appliance.agent.vmnames import disk_name, domain_name, orphans, seed_name, vm_prefix
-from appliance.controllers.base import Controller, PermanentError, TemporaryError, merge_diff
+from appliance.controllers.base import (
+    Controller,
+    PermanentError,
+    TemporaryError,
+    drop_finalizer,
+    merge_diff,
+)
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import (GROUP, STORAGE, VM_FINALIZER, boot_disk_bytes, cloud_config_problem,
@@ -338,15 +344,7 @@ class VmController(Controller):
         for leftover in (pool_path / seed_name(vm), pool_path / f".{seed_name(vm)}.sha256",
                          self.console_dir / f"{domain_name(vm, self.prefix)}.log"):
             leftover.unlink(missing_ok=True)
-        finalizers = [f for f in meta.get("finalizers") or [] if f != VM_FINALIZER]
-        if finalizers != (meta.get("finalizers") or []):
-            try:
-                self.api.patch(self.ref, meta["namespace"], meta["name"],
-                               {"metadata": {"finalizers": finalizers or None,
-                                             "resourceVersion": meta["resourceVersion"]}})
-            except errors.ApiError as err:
-                if err.code != 404:
-                    raise
+        drop_finalizer(self.api, self.ref, vm, VM_FINALIZER)
         LOG.info("[%s/%s] domain, disk and seed removed", meta["namespace"], meta["name"])
 
     def collect_orphans(self) -> list[str]:

@@ -208,3 +208,29 @@ def merge_diff(old: Any, new: Any) -> Any:
 def _key(obj: Obj) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return meta.get("namespace", ""), meta.get("name", "")
+
+
+def drop_finalizer(api: ResourceApi, ref: Ref, obj: Obj, finalizer: str) -> None:
+    """Remove ``finalizer`` from ``obj`` (guarded by its resourceVersion); an object
+    that is gone already is fine."""
+    meta = obj["metadata"]
+    finalizers = [f for f in meta.get("finalizers") or [] if f != finalizer]
+    if finalizers == (meta.get("finalizers") or []):
+        return
+    try:
+        api.patch(ref, meta.get("namespace", ""), meta["name"],
+                  {"metadata": {"finalizers": finalizers or None,
+                                "resourceVersion": meta["resourceVersion"]}})
+    except errors.ApiError as err:
+        if err.code != 404:
+            raise
+
+
+def add_finalizer(api: ResourceApi, ref: Ref, obj: Obj, finalizer: str) -> Obj:
+    """``obj`` with ``finalizer`` added (guarded by its resourceVersion)."""
+    meta = obj["metadata"]
+    if finalizer in (meta.get("finalizers") or []):
+        return obj
+    return api.patch(ref, meta.get("namespace", ""), meta["name"],
+                     {"metadata": {"finalizers": [*(meta.get("finalizers") or []), finalizer],
+                                   "resourceVersion": meta["resourceVersion"]}})

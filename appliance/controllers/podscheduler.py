@@ -22,8 +22,8 @@ from appliance import events
 from appliance.controllers.base import Controller
 from appliance.controllers.scheduler import (
     APPLIANCE_ADDRESSES,
-    VmScheduler,
     free_appliance_address,
+    host_rooms,
     placed_pods,
     pod_address,
     set_condition,
@@ -48,8 +48,7 @@ class PodScheduler(Controller):
                  namespace_network: bool = False) -> None:
         super().__init__(api)
         self.network = ipaddress.ip_network(cidr)
-        # Room for VMs and pods is counted the same way; reuse the VM scheduler's view.
-        self.rooms_view = VmScheduler(api, cidr, cpu_ratio, namespace_network)
+        self.cpu_ratio = Decimal(str(cpu_ratio))
         self.namespace_network = namespace_network
 
     def wants(self, pod: Obj) -> bool:
@@ -61,7 +60,7 @@ class PodScheduler(Controller):
             return self._ensure_address(pod, spec["nodeName"])
         cpus, mib = placement_size(pod)
         vms, _ = self.api.list(VMS)
-        rooms = self.rooms_view.rooms(vms)
+        rooms = host_rooms(self.api, self.cpu_ratio, vms)
         fits = [r for r in rooms if r.cpu >= cpus and r.memory >= Decimal(mib) * 2**20]
         if not fits:
             why = (f"0/{len(rooms)} nodes are available: no Ready host has {cpus} CPUs and "

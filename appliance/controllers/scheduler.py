@@ -97,6 +97,45 @@ def set_condition(conditions: list[Obj], type_: str, status: str, reason: str,
     return sorted(out, key=lambda c: str(c["type"]))
 
 
+def class_size(api: ResourceApi, vm: Obj) -> tuple[Decimal, Decimal] | None:
+    """(vCPUs, bytes) of a VM's class, or None when its namespace has no such class."""
+    cls = get_or_none(api, CLASSES, vm["metadata"]["namespace"],
+                      (vm.get("spec") or {}).get("className", ""))
+    if cls is None:
+        return None
+    hw = (cls.get("spec") or {}).get("hardware") or {}
+    return Decimal(int(hw.get("cpus") or 1)), parse_quantity(hw.get("memory") or "1Gi")
+
+
+def host_rooms(api: ResourceApi, cpu_ratio: Decimal, vms: list[Obj]) -> list[Room]:
+    """What each Ready, schedulable host has left: its CPUs times ``cpu_ratio`` and its
+    memory, minus the VMs (by class) and the unfinished pod VMs placed on it."""
+    from appliance.kinds.pods import placement_size
+
+    nodes, _ = api.list(NODES)
+    rooms = {}
+    for node in nodes:
+        if not node_ready(node) or (node.get("spec") or {}).get("unschedulable"):
+            continue
+        alloc = (node.get("status") or {}).get("allocatable") or {}
+        rooms[node["metadata"]["name"]] = Room(
+            node["metadata"]["name"], parse_quantity(alloc.get("cpu", "0")) * cpu_ratio,
+            parse_quantity(alloc.get("memory", "0")))
+    for vm in vms:
+        host = (vm.get("status") or {}).get("host")
+        size = class_size(api, vm) if host in rooms else None
+        if size is not None:
+            rooms[host].cpu -= size[0]
+            rooms[host].memory -= size[1]
+    for pod in placed_pods(api):
+        host = pod["spec"]["nodeName"]
+        if host in rooms:
+            cpus, mib = placement_size(pod)
+            rooms[host].cpu -= cpus
+            rooms[host].memory -= Decimal(mib) * 2**20
+    return list(rooms.values())
+
+
 class VmScheduler(Controller):
     group, version, plural, name = GROUP, STORAGE, "virtualmachines", "vm-scheduler"
     resync = 30.0
@@ -108,40 +147,6 @@ class VmScheduler(Controller):
         self.cpu_ratio = Decimal(str(cpu_ratio))
         # True: addresses come from the namespace's network (VirtualNetworkInterface)
         self.namespace_network = namespace_network
-
-    def _class_of(self, vm: Obj) -> tuple[Decimal, Decimal] | None:
-        cls = get_or_none(self.api, CLASSES, vm["metadata"]["namespace"],
-                          (vm.get("spec") or {}).get("className", ""))
-        if cls is None:
-            return None
-        hw = (cls.get("spec") or {}).get("hardware") or {}
-        return Decimal(int(hw.get("cpus") or 1)), parse_quantity(hw.get("memory") or "1Gi")
-
-    def rooms(self, vms: list[Obj]) -> list[Room]:
-        nodes, _ = self.api.list(NODES)
-        rooms = {}
-        for node in nodes:
-            if not node_ready(node) or (node.get("spec") or {}).get("unschedulable"):
-                continue
-            alloc = (node.get("status") or {}).get("allocatable") or {}
-            rooms[node["metadata"]["name"]] = Room(
-                node["metadata"]["name"], parse_quantity(alloc.get("cpu", "0")) * self.cpu_ratio,
-                parse_quantity(alloc.get("memory", "0")))
-        for vm in vms:
-            host = (vm.get("status") or {}).get("host")
-            size = self._class_of(vm) if host in rooms else None
-            if size is not None:
-                rooms[host].cpu -= size[0]
-                rooms[host].memory -= size[1]
-        from appliance.kinds.pods import placement_size
-
-        for pod in placed_pods(self.api):
-            host = pod["spec"]["nodeName"]
-            if host in rooms:
-                cpus, mib = placement_size(pod)
-                rooms[host].cpu -= cpus
-                rooms[host].memory -= Decimal(mib) * 2**20
-        return list(rooms.values())
 
     def allocate(self, vms: list[Obj]) -> str | None:
         used = {vm_address(v) for v in vms} | {pod_address(p) for p in placed_pods(self.api)}
@@ -160,7 +165,7 @@ class VmScheduler(Controller):
         self._ensure_access_key(vm)
         if status.get("host"):
             return None
-        size = self._class_of(vm)
+        size = class_size(self.api, vm)
         conditions = list(status.get("conditions") or [])
         if size is None:
             conditions = set_condition(conditions, PLACED, "False", "ClassNotFound",
@@ -168,7 +173,8 @@ class VmScheduler(Controller):
             self._write(vm, {"conditions": conditions})
             return 30.0
         vms, _ = self.api.list(self.ref)
-        fits = [r for r in self.rooms(vms) if r.cpu >= size[0] and r.memory >= size[1]]
+        fits = [r for r in host_rooms(self.api, self.cpu_ratio, vms)
+                if r.cpu >= size[0] and r.memory >= size[1]]
         if not fits:
             conditions = set_condition(conditions, PLACED, "False", "InsufficientCapacity",
                                        f"no Ready host has {size[0]} vCPUs and "

@@ -38,7 +38,13 @@ from typing import Any
 
 from appliance import errors
 from appliance.ansible import PlaybookError, PlaybookEvent, PlaybookResult, run_playbook
-from appliance.controllers.base import Controller, PermanentError, TemporaryError
+from appliance.controllers.base import (
+    Controller,
+    PermanentError,
+    TemporaryError,
+    add_finalizer,
+    drop_finalizer,
+)
 from appliance.controllers.scheduler import set_condition
 from appliance.kinds.network import (
     DEFAULT_NETWORK,
@@ -102,29 +108,6 @@ def _write_status(api: ResourceApi, ref: Ref, obj: Obj, status: Obj) -> None:
     except errors.ApiError as err:
         if err.code != 404:
             raise
-
-
-def _drop_finalizer(api: ResourceApi, ref: Ref, obj: Obj, finalizer: str) -> None:
-    meta = obj["metadata"]
-    finalizers = [f for f in meta.get("finalizers") or [] if f != finalizer]
-    if finalizers == (meta.get("finalizers") or []):
-        return
-    try:
-        api.patch(ref, meta.get("namespace", ""), meta["name"],
-                  {"metadata": {"finalizers": finalizers or None,
-                                "resourceVersion": meta["resourceVersion"]}})
-    except errors.ApiError as err:
-        if err.code != 404:
-            raise
-
-
-def _add_finalizer(api: ResourceApi, ref: Ref, obj: Obj, finalizer: str) -> Obj:
-    meta = obj["metadata"]
-    if finalizer in (meta.get("finalizers") or []):
-        return obj
-    return api.patch(ref, meta.get("namespace", ""), meta["name"],
-                     {"metadata": {"finalizers": [*(meta.get("finalizers") or []), finalizer],
-                                   "resourceVersion": meta["resourceVersion"]}})
 
 
 def detect_datapath(settings: Settings) -> str:
@@ -299,12 +282,12 @@ class VirtualNetworkController(Controller):
                 f"a namespace has one network, {DEFAULT_NETWORK!r}", gen)
             _write_status(self.api, self.ref, network, status)
             if meta.get("deletionTimestamp"):
-                _drop_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
+                drop_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
             return None
         if meta.get("deletionTimestamp"):
             return self.teardown(network)
         try:
-            network = _add_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
+            network = add_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
             self.ensure_host()
             vlan = self.allocator.vlan_for(network)
             subnets = self.ensure_subnets(network)
@@ -480,7 +463,7 @@ class VirtualNetworkController(Controller):
             with self._lock:
                 self.applied.pop(ns, None)
                 self.port_index = {p: n for p, n in self.port_index.items() if n != ns}
-            _drop_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
+            drop_finalizer(self.api, self.ref, network, NETWORK_FINALIZER)
             return None
         except NetworkConfigError as exc:
             conditions = self._fail(network, conditions, exc.reason, exc.message, None)
@@ -537,7 +520,7 @@ class InterfaceController(Controller):
         ns = meta["namespace"]
         if meta.get("deletionTimestamp"):
             self.allocator.release(meta["uid"], (ADDRESSES,))
-            _drop_finalizer(self.api, self.ref, itf, INTERFACE_FINALIZER)
+            drop_finalizer(self.api, self.ref, itf, INTERFACE_FINALIZER)
             self.kick(ns)
             return None
         spec = itf.get("spec") or {}
@@ -545,7 +528,7 @@ class InterfaceController(Controller):
         conditions = list(status.get("conditions") or [])
         gen = meta.get("generation")
         try:
-            itf = _add_finalizer(self.api, self.ref, itf, INTERFACE_FINALIZER)
+            itf = add_finalizer(self.api, self.ref, itf, INTERFACE_FINALIZER)
             network_name = spec.get("virtualNetwork") or DEFAULT_NETWORK
             network = get_or_none(self.api, NETWORKS, ns, network_name)
             if network is None:
@@ -611,7 +594,7 @@ class ServiceController(Controller):
         ns = meta["namespace"]
         if meta.get("deletionTimestamp"):
             self.allocator.release(meta["uid"], (ADDRESSES,))
-            _drop_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
+            drop_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
             self.kick(ns)
             return None
         v = view(svc)
@@ -625,10 +608,10 @@ class ServiceController(Controller):
             status["conditions"] = set_condition(conditions, READY, "True", "NotBalanced",
                                                  f"type {v.type} has no load balancer", gen)
             _write_status(self.api, self.ref, svc, status)
-            _drop_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
+            drop_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
             return None
         try:
-            svc = _add_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
+            svc = add_finalizer(self.api, self.ref, svc, SERVICE_FINALIZER)
             for record in self.allocator.owned(ADDRESSES, meta["uid"]):
                 if record["spec"]["purpose"] != v.type:  # the type changed
                     self.allocator.api.delete(ADDRESSES, "", record["metadata"]["name"])

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.kinds.registry import Obj
+from hypervisor.podvm.config import DEFAULT_PATH
 
 #: Reads a ConfigMap or Secret: (plural, name) -> object or None.
 Reader = Callable[[str, str], "Obj | None"]
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _VALID_ENV = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 
