@@ -413,42 +413,87 @@ def _split_ref(ref: str, default_ns: str) -> tuple[str, str]:
     return (ns or default_ns), name
 
 
-@main.command("ssh")
-@click.argument("kind", type=click.Choice(["vm"]))
+@main.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("kind", type=click.Choice(["vm", "cluster"]))
 @click.argument("ref", metavar="NAMESPACE/NAME")
-@click.argument("command", nargs=-1)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--kubeconfig", "kubeconfig_path", default=None)
 def ssh_cmd(kind: str, ref: str, command: tuple[str, ...], kubeconfig_path: str | None) -> None:
-    """SSH into a VM with the key the appliance injected (needs edit on its namespace)."""
+    """SSH into a VM, or into a node of a guest cluster (needs edit on its namespace).
+
+    \b
+    lab ssh vm NAMESPACE/VM [-- COMMAND]
+    lab ssh cluster NAMESPACE/CLUSTER [NODE] [-- COMMAND]
+
+    A VM is reached as the appliance's user with the key in Secret <vm>-ssh-key; a
+    cluster's node as vmware-system-user with the cluster's key (Secret <cluster>-ssh).
+    """
     import base64
 
     from appliance.agent.vms import SSH_USER
+    from appliance.clusters.objects import NODE_USER, SSH_SUFFIX, VM_CLUSTER, VM_ROLE
     from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX
-    from hypervisor import ssh
 
     client, default_ns = _api_from_kubeconfig(kubeconfig_path)
     ns, name = _split_ref(ref, default_ns)
+    vms = client.path("vmoperator.vmware.com", "v1alpha5", "virtualmachines", ns)
     try:
-        vm = client.get(client.path("vmoperator.vmware.com", "v1alpha5", "virtualmachines", ns,
-                                    name))
-        secret = client.get(client.path("", "v1", "secrets", ns, name + SSH_KEY_SECRET_SUFFIX))
+        if kind == "vm":
+            vm = client.get(f"{vms}/{name}")
+            secret = client.get(client.path("", "v1", "secrets", ns, name + SSH_KEY_SECRET_SUFFIX))
+            user = SSH_USER
+        else:
+            client.get(client.path("cluster.x-k8s.io", "v1beta1", "clusters", ns, name))
+            secret = client.get(client.path("", "v1", "secrets", ns, name + SSH_SUFFIX))
+            nodes = sorted(client.get(vms, labelSelector=f"{VM_CLUSTER}={name}")["items"],
+                           key=lambda v: ((v["metadata"].get("labels") or {}).get(VM_ROLE) !=
+                                          "controlplane", v["metadata"]["name"]))
+            if not nodes:
+                raise click.ClickException(f"cluster {ns}/{name} has no nodes yet")
+            node_args, command = _node_and_command(command)
+            wanted = node_args[0] if node_args else ""
+            vm = next((v for v in nodes if v["metadata"]["name"] == wanted), None) \
+                if wanted else nodes[0]
+            if vm is None:
+                known_nodes = ", ".join(v["metadata"]["name"] for v in nodes)
+                raise click.ClickException(f"cluster {ns}/{name} has no node {wanted!r} "
+                                           f"(nodes: {known_nodes})")
+            user = NODE_USER
     except errors.ApiError as err:
         raise click.ClickException(err.message) from err
+    _ssh_into(vm, user, base64.b64decode(secret["data"]["ssh-privatekey"]).decode(), command)
+
+
+def _node_and_command(args: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split ``[NODE] [-- COMMAND]``: what stands before ``--`` names the node; with no
+    ``--``, the first word does and the rest is the command."""
+    argv = sys.argv[1:]
+    if "--" in argv:
+        after = len(argv) - argv.index("--") - 1
+        args = tuple(a for a in args if a != "--") if args.count("--") else args
+        return args[:len(args) - after], args[len(args) - after:]
+    return args[:1], args[1:]
+
+
+def _ssh_into(vm: dict[str, Any], user: str, key: str, command: tuple[str, ...]) -> None:
+    from hypervisor import ssh
+
+    meta = vm["metadata"]
     address = ((vm.get("status") or {}).get("network") or {}).get("primaryIP4")
     if not address:
-        raise click.ClickException(f"VM {ns}/{name} has no address yet (is it Ready?)")
-    key = base64.b64decode(secret["data"]["ssh-privatekey"]).decode()
+        raise click.ClickException(f"VM {meta['namespace']}/{meta['name']} has no address yet "
+                                   "(is it Ready?)")
     # Addresses are reused by later VMs: pin host keys per VM (by uid), not per address.
-    known = Path.home() / ".config" / "pacific-lab" / "known_hosts.d" / vm["metadata"]["uid"]
+    known = Path.home() / ".config" / "pacific-lab" / "known_hosts.d" / meta["uid"]
     known.parent.mkdir(parents=True, exist_ok=True)
     try:
         if command:
-            rc, stdout, stderr = ssh.run_command(address, SSH_USER, key, " ".join(command), 300,
+            rc, stdout, stderr = ssh.run_command(address, user, key, " ".join(command), 300,
                                                  known_hosts=known)
             sys.stdout.write(stdout)
             sys.stderr.write(stderr)
             sys.exit(rc)
-        sys.exit(ssh.interactive_shell(address, SSH_USER, key, known_hosts=known) or 0)
+        sys.exit(ssh.interactive_shell(address, user, key, known_hosts=known) or 0)
     except ssh.SshError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -596,6 +641,49 @@ def image_assign(name: str, namespace: str) -> None:
     except errors.ApiError as err:
         raise click.ClickException(err.message) from err
     console.print(f"[green]✓[/] image {name} assigned to {namespace}")
+
+
+@main.group("tkr")
+def tkr_group() -> None:
+    """Kubernetes releases: node images published as TanzuKubernetesReleases."""
+
+
+@tkr_group.command("build")
+@click.argument("version")
+@click.option("--from", "from_dir", type=click.Path(path_type=Path), default=None,
+              help="A directory of release files (.deb files, release tarballs or binaries, "
+                   "each with a checksum) instead of the Kubernetes package repository.")
+@click.option("--force", is_flag=True, help="Rebuild even if a cached build exists.")
+def tkr_build(version: str, from_dir: Path | None, force: bool) -> None:
+    """Build the node image of Kubernetes VERSION (v1.MINOR.PATCH) and publish its release."""
+    from appliance.vmservice import tkr
+
+    s = _settings()
+    try:
+        parsed = tkr.parse(version)
+        service = _open_supervisor().service
+        with _progress_bar() as progress:
+            task = progress.add_task("finding Kubernetes binaries", total=100)
+            result = tkr.build_release(s, service, parsed, from_dir, force,
+                                       _on_progress(progress, task))
+            progress.update(task, completed=100, description="done")
+    except tkr.ReleaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not result.ready:
+        raise click.ClickException(result.message)
+    image = f" (node image {result.image.name})" if result.image else ""
+    console.print(f"[green]✓[/] {result.names.release} ready{image}")
+
+
+@tkr_group.command("list")
+def tkr_list() -> None:
+    """Releases with their readiness (as `kubectl get tkr`)."""
+    from appliance.vmservice import tkr
+
+    for release in tkr.list_releases(_open_supervisor().service):
+        ready = tkr.condition(release, "Ready")
+        out.print(f"{release['metadata']['name']}\t{release['spec']['version']}\t"
+                  f"{ready.get('status', 'Unknown')}\t{ready.get('message', '')}".rstrip())
 
 
 # -- tests ---------------------------------------------------------------------------------------

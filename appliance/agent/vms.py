@@ -22,6 +22,7 @@ import base64
 import copy
 import hashlib
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,8 @@ from appliance.controllers.base import (
 )
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
-from appliance.kinds.vmop import (GROUP, STORAGE, VM_FINALIZER, boot_disk_bytes, cloud_config_problem,
-                                  user_data_text)
+from appliance.kinds.vmop import (GROUP, GUEST_BOOTSTRAP, STORAGE, VM_FINALIZER, boot_disk_bytes,
+                                  cloud_config_problem, user_data_text)
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
 from appliance.vmservice.library import ImageFiles, LibraryError, image_files
@@ -59,6 +60,8 @@ SECRETS = Ref("", "v1", "secrets")
 CONFIGMAPS = Ref("", "v1", "configmaps")
 
 POOL = "pacific-vms"
+#: How much of the end of the serial log is searched for the guest's last report.
+REPORT_WINDOW = 64 * 1024
 SSH_USER = "pacific"
 #: Run last on first boot: what cloud-init wrote (SSH host keys above all) reaches
 #: the disk, so a hard power-off right after cannot leave empty key files behind.
@@ -315,6 +318,7 @@ class VmController(Controller):
             status["uniqueID"] = dom
             status["biosUUID"] = seen.uuid
             status["instanceUUID"] = seen.uuid
+        conditions = self.guest_report(vm, dom, conditions, gen)
         address = vm_address(vm)
         answering = power == "PoweredOn" and address is not None and _port_open(address, 22)
         net = status.setdefault("network", {})
@@ -332,6 +336,35 @@ class VmController(Controller):
                                        else f"the VM is {wanted}", gen)
             again = 3.0 if wanted == "PoweredOn" else None
         return again, conditions
+
+    def guest_report(self, vm: Obj, dom: str, conditions: list[Obj], gen: int) -> list[Obj]:
+        """The guest's last bootstrap report on its serial console, as a condition.
+
+        A guest bootstrapped by the Cluster API writes one line
+        ``PACIFIC-BOOTSTRAP {"status": ..., "reason": ..., "message": ...}`` to its
+        console (as VMware Tools reports guest customisation through guestinfo). The
+        guest writes it, so it is input: parsed strictly, capped, and only ever a
+        condition of the guest's own VM."""
+        from appliance.clusters.bootstrap import parse_report
+
+        path = self.console_dir / f"{dom}.log"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return conditions
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - REPORT_WINDOW))
+            tail = f.read(REPORT_WINDOW).decode(errors="replace")
+        report = parse_report(tail)
+        if report is None:
+            return conditions
+        state = {"Succeeded": "True", "Failed": "False"}.get(report["status"], "Unknown")
+        reason = report["reason"] or f"Bootstrap{report['status']}"
+        before = next((c for c in conditions if c.get("type") == GUEST_BOOTSTRAP), {})
+        if (before.get("status"), before.get("reason")) != (state, reason) and state == "False":
+            self.event(vm, "Warning", reason, report["message"])
+        return set_condition(conditions, GUEST_BOOTSTRAP, state, reason, report["message"], gen)
 
     # -- deletion ------------------------------------------------------------------------
 

@@ -36,6 +36,9 @@ VM_FINALIZER = "vmoperator.vmware.com/virtualmachine"
 BOOT_DISK_ANNOTATION = "pacific.lab/boot-disk-size"
 V1A1_ANNOTATION = "vmoperator.vmware.com/v1alpha1-fields"
 DEFAULT_BOOT_DISK = "10Gi"
+#: A VM's condition carrying its guest's own report of its bootstrap (kubeadm for
+#: cluster nodes), read by the host agent from the VM's serial console.
+GUEST_BOOTSTRAP = "GuestBootstrap"
 
 POWER_STATES = ("PoweredOn", "PoweredOff", "Suspended")
 V1A1_POWER = {"PoweredOn": "poweredOn", "PoweredOff": "poweredOff", "Suspended": "suspended"}
