@@ -666,7 +666,8 @@ def tkr_build(version: str, from_dir: Path | None, force: bool) -> None:
             task = progress.add_task("finding Kubernetes binaries", total=100)
             result = tkr.build_release(s, service, parsed, from_dir, force,
                                        _on_progress(progress, task))
-            progress.update(task, completed=100, description="done")
+            progress.update(task, completed=100 if result.ready else 0,
+                            description="done" if result.ready else "no node image built")
     except tkr.ReleaseError as exc:
         raise click.ClickException(str(exc)) from exc
     if not result.ready:
@@ -682,8 +683,8 @@ def tkr_list() -> None:
 
     for release in tkr.list_releases(_open_supervisor().service):
         ready = tkr.condition(release, "Ready")
-        out.print(f"{release['metadata']['name']}\t{release['spec']['version']}\t"
-                  f"{ready.get('status', 'Unknown')}\t{ready.get('message', '')}".rstrip())
+        click.echo(f"{release['metadata']['name']}\t{release['spec']['version']}\t"
+                   f"{ready.get('status', 'Unknown')}\t{ready.get('message', '')}".rstrip())
 
 
 # -- tests ---------------------------------------------------------------------------------------

@@ -64,13 +64,21 @@ class Supervisor:
         engine = make_engine(settings.effective_database_url)
         migrate(engine)
         store = Store(engine, history=settings.watch_history)
-        service = ObjectService(store, default_registry())
+        service = ObjectService(store, default_registry(lab_ranges(settings)))
         return cls(settings, store, service)
 
     def bootstrap(self) -> str | None:
         bootstrap.ensure_rbac(self.service)
         Catalog(self.service).ensure_defaults()
         return bootstrap.ensure_admin(self.service)
+
+
+def lab_ranges(settings: Settings) -> list[str]:
+    """The lab's own networks, which a guest cluster's pod and service ranges must avoid."""
+    return [f"{settings.appliance_cidr}=appliance network",
+            f"{settings.network_pool_cidr}=namespace networks",
+            f"{settings.network_ingress_cidr}=load-balancer VIPs",
+            f"{settings.network_cluster_ip_cidr}=ClusterIP services"]
 
 
 def local_addresses() -> list[str]:
@@ -150,21 +158,42 @@ class HostService:
 
         return create_app(supervisor=sup, logs=self.api.logs)
 
+    def bind_addresses(self) -> list[str]:
+        """Where the API and the dashboard listen.
+
+        ``api_bind`` names them (comma-separated). The default, ``0.0.0.0``, means the
+        host's own addresses and loopback, each bound by itself, never the wildcard: a
+        wildcard socket on 6443 would hold that port on every address the lab adds to the
+        host later, and a guest cluster's endpoint VIP needs exactly 6443."""
+        wanted = [a.strip() for a in self.settings.api_bind.split(",") if a.strip()]
+        if wanted != ["0.0.0.0"]:
+            return wanted
+        import ipaddress
+
+        lab = [ipaddress.ip_network(r.split("=")[0], strict=False)
+               for r in lab_ranges(self.settings)]
+        found = {"127.0.0.1", primary_address(), *local_addresses()}
+        return sorted(a for a in found if ":" not in a and
+                      not any(ipaddress.ip_address(a) in net for net in lab))
+
     def _serve(self, app: Any, port: int, name: str) -> None:
-        server = wsgi.Server((self.settings.api_bind, port), app, numthreads=96,
-                             server_name=f"pacific-lab-{name}", timeout=60,
-                             shutdown_timeout=2)
-        server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),
-                                               str(self.pki.server_key))
-        try:
-            server.prepare()
-        except OSError as exc:
-            raise RuntimeError(f"cannot listen on {self.settings.api_bind}:{port} for the "
-                               f"{name}: {exc}") from exc
-        thread = threading.Thread(target=server.serve, name=f"{name}-server", daemon=True)
-        thread.start()
-        self.servers.append(server)
-        self.threads.append(thread)
+        addresses = self.bind_addresses()
+        for address in addresses:
+            server = wsgi.Server((address, port), app, numthreads=max(32, 96 // len(addresses)),
+                                 server_name=f"pacific-lab-{name}", timeout=60,
+                                 shutdown_timeout=2)
+            server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),
+                                                   str(self.pki.server_key))
+            try:
+                server.prepare()
+            except OSError as exc:
+                raise RuntimeError(f"cannot listen on {address}:{port} for the {name}: {exc}"
+                                   ) from exc
+            thread = threading.Thread(target=server.serve, name=f"{name}-server-{address}",
+                                      daemon=True)
+            thread.start()
+            self.servers.append(server)
+            self.threads.append(thread)
 
     def _write_admin_kubeconfig(self, sup: Supervisor, pki: Pki) -> None:
         with sup.store.write() as txn:
@@ -182,6 +211,9 @@ class HostService:
             PodScheduler(LocalApi(sup.service), s.appliance_cidr, s.cpu_allocation_ratio,
                          namespace_network=s.network_enabled),
         ]
+        from appliance.clusters.stack import cluster_controllers
+
+        controllers += cluster_controllers(LocalApi(sup.service), s.run_dir)
         if s.network_enabled:
             from appliance.network.config import NetworkConfig
             from appliance.network.controllers import NetworkStack

@@ -23,7 +23,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/pacific-lab")
     cache_dir: Path = Path("/var/cache/pacific-lab")
     database_url: str = ""  # empty: SQLite file under state_dir
-    api_bind: str = "0.0.0.0"
+    api_bind: str = "0.0.0.0"  # comma-separated; 0.0.0.0: the host's own addresses and loopback
     api_port: int = 6443
     dashboard_port: int = 8443
     public_host: str = ""  # host name / address put in kubeconfigs; empty: detected

@@ -39,7 +39,14 @@ Files
 ``cache_dir/<name>-<key16>/`` holds one build (``disk.qcow2``, ``vmlinuz``,
 ``initrd.img``, ``build.json``); ``<key16>`` hashes the release, the package
 list, the guest configuration, the disk size and ``BUILD_SCRIPT_VERSION``, so a
-changed recipe builds anew (``force`` rebuilds the same recipe). Results are
+changed recipe builds anew (``force`` rebuilds the same recipe).
+
+Derived images (Kubernetes node images, ``hypervisor.nodeimage``) pass an
+``ImageRecipe``: more packages (names, or ``.deb`` files staged by its
+``prepare`` step), more apt repositories with their keyrings, more files and
+mmdebstrap customize hooks. The recipe's ``inputs`` (for example the
+checksums of the ``.deb`` files) are part of the cache key, with everything
+else in the recipe. Results are
 published into ``out_dir`` under names that carry the first 12 hex digits
 of the disk's sha256 (``debian-12-<sha12>.qcow2``, ``.vmlinuz``, ``.initrd``;
 ``<name>-<sha12>.qcow2`` for imports), hard-linked from the cache where
@@ -68,7 +75,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -169,6 +176,48 @@ class BuiltImage:
 Progress = Callable[[ImageProgress], None] | None
 
 
+@dataclass(frozen=True)
+class AptRepository:
+    """An apt repository besides Debian's, used while building and kept in the image."""
+
+    name: str  # file stem of its keyring and sources list inside the image
+    line: str  # a one-line source without "deb" and options: "URI SUITE [COMPONENT...]"
+    keyring: bytes  # binary OpenPGP keyring that signs it
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a recipe's ``prepare`` step staged in the build's work directory."""
+
+    includes: tuple[str, ...] = ()  # absolute paths of .deb files to install
+    hooks: tuple[str, ...] = ()  # mmdebstrap --customize-hook commands, run in order
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """What a derived image adds to the Debian base image.
+
+    ``prepare`` runs only when the image is really built (not for a cached
+    build), with a private directory to stage files in; what it stages must be
+    covered by ``inputs``, which the cache key hashes."""
+
+    name: str
+    packages: tuple[str, ...] = ()  # Debian package names (``name=version`` allowed)
+    repositories: tuple[AptRepository, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)  # relative path -> text
+    hooks: tuple[str, ...] = ()  # customize hooks after ``prepare``'s
+    prepare: Callable[[Path], Prepared] | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "packages": sorted(self.packages),
+                "repositories": [{"name": r.name, "line": r.line,
+                                  "keyring": hashlib.sha256(r.keyring).hexdigest()}
+                                 for r in self.repositories],
+                "files": dict(self.files), "hooks": list(self.hooks),
+                "inputs": dict(self.inputs)}
+
+
 def _report(progress: Progress, phase: str, fraction: float, done: int | None = None,
             total: int | None = None) -> None:
     if progress is not None:
@@ -180,20 +229,25 @@ def _report(progress: Progress, phase: str, fraction: float, done: int | None = 
 
 def build_debian_image(release: str = "bookworm", *, out_dir: Path, cache_dir: Path,
                        size_gib: int = 4, force: bool = False,
-                       progress: Progress = None) -> BuiltImage:
-    """Build (or take from ``cache_dir``) a Debian ``release`` image; publish it into ``out_dir``."""
+                       progress: Progress = None, recipe: ImageRecipe | None = None) -> BuiltImage:
+    """Build (or take from ``cache_dir``) a Debian ``release`` image; publish it into ``out_dir``.
+
+    With a ``recipe``, the image is the base image plus what the recipe adds,
+    named (and cached) as ``recipe.name``."""
     if not _RELEASE.match(release):
         raise ImageError(f"invalid Debian release name {release!r}")
     if not 1 <= size_gib <= 1024:
         raise ImageError(f"image size must be 1 to 1024 GiB, not {size_gib}")
-    name = f"debian-{RELEASES.get(release, release)}"
-    key = cache_key(release, size_gib)
+    if recipe is not None and not _DNS1123_LABEL.match(recipe.name):
+        raise ImageError(f"invalid image name {recipe.name!r}")
+    name = recipe.name if recipe is not None else f"debian-{RELEASES.get(release, release)}"
+    key = cache_key(release, size_gib, recipe)
     cache_dir.mkdir(parents=True, exist_ok=True)
     entry = cache_dir / f"{name}-{key[:16]}"
     with _locked(cache_dir / f".{entry.name}.lock"):
         meta = None if force else _load_build(entry)
         if meta is None:
-            meta = _build(release, name, key, entry, cache_dir, size_gib, progress)
+            meta = _build(release, name, key, entry, cache_dir, size_gib, progress, recipe)
             _prune_superseded(cache_dir, name, entry, size_gib)
         else:
             LOG.info("[%s] using the cached build %s", name, entry)
@@ -202,10 +256,13 @@ def build_debian_image(release: str = "bookworm", *, out_dir: Path, cache_dir: P
     return built
 
 
-def cache_key(release: str, size_gib: int) -> str:
-    recipe = {"release": release, "packages": sorted(PACKAGES), "units": list(ENABLE_UNITS),
-              "files": GUEST_FILES, "size_gib": size_gib, "label": ROOT_LABEL,
-              "script": BUILD_SCRIPT_VERSION}
+def cache_key(release: str, size_gib: int, extra: ImageRecipe | None = None) -> str:
+    recipe: dict[str, Any] = {
+        "release": release, "packages": sorted(PACKAGES), "units": list(ENABLE_UNITS),
+        "files": GUEST_FILES, "size_gib": size_gib, "label": ROOT_LABEL,
+        "script": BUILD_SCRIPT_VERSION}
+    if extra is not None:
+        recipe["extra"] = extra.fingerprint()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -214,7 +271,7 @@ def kernel_cmdline(fs_uuid: str) -> str:
 
 
 def _build(release: str, name: str, key: str, entry: Path, cache_dir: Path, size_gib: int,
-           progress: Progress) -> dict[str, Any]:
+           progress: Progress, recipe: ImageRecipe | None = None) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise ImageError("building an image needs root (mmdebstrap, and files owned by root)")
     sources = host_apt_sources(release)
@@ -222,14 +279,22 @@ def _build(release: str, name: str, key: str, entry: Path, cache_dir: Path, size
     work = Path(tempfile.mkdtemp(prefix=f".build-{entry.name}-", dir=cache_dir))
     try:
         rootfs = work / "rootfs"
+        prepared = Prepared()
+        if recipe is not None and recipe.prepare is not None:
+            _report(progress, "staging inputs", 0.01)
+            staging = work / "inputs"
+            staging.mkdir(mode=0o700)
+            prepared = recipe.prepare(staging)
         _report(progress, "bootstrapping packages", 0.02)
         LOG.info("[%s] bootstrapping %s from %s", name, release,
                  ", ".join(sorted({line.split()[-3] for line in sources})))
-        _bootstrap(release, rootfs, sources)
+        _bootstrap(release, rootfs, sources, recipe, prepared, work)
 
         _report(progress, "configuring", 0.70)
         fs_uuid = str(uuid.UUID(bytes=bytes.fromhex(key[:32]), version=4))
         configure_rootfs(rootfs, fs_uuid)
+        if recipe is not None:
+            apply_recipe(rootfs, recipe, work)
         os_info = _os_release(rootfs)
         out = work / "out"
         out.mkdir()
@@ -252,7 +317,8 @@ def _build(release: str, name: str, key: str, entry: Path, cache_dir: Path, size
             "name": name, "release": release, "key": key, "sha256": sha256_file(disk),
             "size_bytes": disk.stat().st_size, "virtual_size_bytes": int(info["virtual-size"]),
             "cmdline": kernel_cmdline(fs_uuid), "fs_uuid": fs_uuid, "os": os_info,
-            "kernel_version": kernel_version, "packages": sorted(PACKAGES), "size_gib": size_gib,
+            "kernel_version": kernel_version, "size_gib": size_gib,
+            "packages": sorted(PACKAGES + (recipe.packages if recipe else ())),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - started, 1),
         }
@@ -270,13 +336,71 @@ def _build(release: str, name: str, key: str, entry: Path, cache_dir: Path, size
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _bootstrap(release: str, rootfs: Path, sources: Sequence[str]) -> None:
+FILE_MIRROR_HOOKS = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
+
+
+def _bootstrap(release: str, rootfs: Path, sources: Sequence[str],
+               recipe: ImageRecipe | None = None, prepared: Prepared = Prepared(),
+               work: Path | None = None) -> None:
+    packages = PACKAGES + (recipe.packages if recipe else ())
     cmd = ["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
-           "--include=" + ",".join(PACKAGES)]
+           "--include=" + ",".join(packages)]
+    # .deb files each get their own --include (paths are never split on commas).
+    cmd += [f"--include={path}" for path in prepared.includes]
+    if prepared.includes:
+        cmd.append(f"--hook-dir={FILE_MIRROR_HOOKS}")
     cmd += [f"--aptopt={opt}" for opt in host_apt_options()]
     cmd += [f'--customize-hook=chroot "$1" systemctl enable {unit}' for unit in ENABLE_UNITS]
+    cmd += [f"--customize-hook={hook}" for hook in prepared.hooks]
+    cmd += [f"--customize-hook={hook}" for hook in (recipe.hooks if recipe else ())]
+    lines = list(sources)
+    for repo in recipe.repositories if recipe else ():
+        assert work is not None
+        keyring = _build_keyring(work, repo)
+        lines.append(f"deb [signed-by={keyring}] {repo.line}")
     cmd += [release, str(rootfs), "-"]
-    run(cmd, input="\n".join(sources) + "\n", timeout=BOOTSTRAP_TIMEOUT)
+    run(cmd, input="\n".join(lines) + "\n", timeout=BOOTSTRAP_TIMEOUT)
+
+
+def _build_keyring(work: Path, repo: AptRepository) -> Path:
+    path = work / "keyrings" / f"{repo.name}.gpg"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(repo.keyring)
+    path.chmod(0o644)
+    return path
+
+
+def _write_tree_file(rootfs: Path, rel: str, data: str | bytes, mode: int = 0o644) -> None:
+    path = rootfs / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():  # never write through a link out of the tree
+        path.unlink()
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        path.write_text(data)
+    path.chmod(mode)
+
+
+def apply_recipe(rootfs: Path, recipe: ImageRecipe, work: Path) -> None:
+    """A recipe's files, and its repositories as the image keeps them.
+
+    While building, a repository's keyring lives in the build's work
+    directory; in the image it moves to ``/etc/apt/keyrings`` with a
+    sources list of its own, and the build's line is dropped."""
+    for rel, text in recipe.files.items():
+        _write_tree_file(rootfs, rel, text)
+    if not recipe.repositories:
+        return
+    sources = rootfs / "etc/apt/sources.list"
+    if sources.is_file() and not sources.is_symlink():
+        marker = str(work / "keyrings") + "/"
+        kept = [line for line in sources.read_text().splitlines() if marker not in line]
+        sources.write_text("".join(line + "\n" for line in kept))
+    for repo in recipe.repositories:
+        _write_tree_file(rootfs, f"etc/apt/keyrings/{repo.name}.gpg", repo.keyring)
+        _write_tree_file(rootfs, f"etc/apt/sources.list.d/{repo.name}.list",
+                         f"deb [signed-by=/etc/apt/keyrings/{repo.name}.gpg] {repo.line}\n")
 
 
 def configure_rootfs(rootfs: Path, fs_uuid: str) -> None:

@@ -34,8 +34,10 @@ _FILES = (
     ("network-config", "/NETWORKC.;1"),
 )
 # Text user-data is taken as given only in a form cloud-init recognises:
-# cloud-config, a script, or a MIME multi-part archive of those.
+# cloud-config, a script, or a MIME multi-part archive of those; any of them may be
+# a jinja template (a first line "## template: jinja", as CABPK writes).
 _USER_DATA_HEADERS = ("#cloud-config", "#!", "Content-Type: multipart/", "MIME-Version:")
+_JINJA_HEADER = "## template: jinja\n"
 
 
 class SeedError(ValueError):
@@ -46,7 +48,7 @@ def user_data_bytes(user_data: Mapping[str, Any] | str) -> bytes:
     """``#cloud-config`` + YAML for a dict; a str must already be cloud-config, a script
     or a MIME multi-part archive, and is kept as given."""
     if isinstance(user_data, str):
-        if not user_data.startswith(_USER_DATA_HEADERS):
+        if not user_data.removeprefix(_JINJA_HEADER).startswith(_USER_DATA_HEADERS):
             raise SeedError("user-data text must start with '#cloud-config' or '#!' "
                             "(or be a MIME multi-part archive)")
         return user_data.encode()

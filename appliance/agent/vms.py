@@ -42,7 +42,8 @@ from appliance.controllers.base import (
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import (GROUP, GUEST_BOOTSTRAP, STORAGE, VM_FINALIZER, boot_disk_bytes,
-                                  cloud_config_problem, user_data_text)
+                                  cloud_config_problem, split_jinja_header,
+                                  user_data_text)
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
 from appliance.vmservice.library import ImageFiles, LibraryError, image_files
@@ -231,7 +232,10 @@ class VmController(Controller):
             eth0["nameservers"] = {"addresses": list(dns["nameservers"]),
                                    "search": list(dns.get("searchDomains") or [])}
         network = {"version": 2, "ethernets": {"eth0": eth0}}
-        return Bootstrap(user_data, {"instance-id": meta["uid"], "local-hostname": hostname},
+        # "hostname" as vm-operator's cloud-init metadata has it: CAPV's templates use
+        # {{ ds.meta_data.hostname }}.
+        return Bootstrap(user_data, {"instance-id": meta["uid"], "local-hostname": hostname,
+                                     "hostname": hostname},
                          network)
 
     def with_access_key(self, vm: Obj, text: str, extra_keys: list[str]) -> str:
@@ -243,6 +247,7 @@ class VmController(Controller):
         public = base64.b64decode(secret["data"]["ssh-publickey"]).decode().strip()
         ours = {"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
                 "lock_passwd": True, "ssh_authorized_keys": [public, *extra_keys]}
+        header, text = split_jinja_header(text)
         if not text.startswith("#cloud-config"):
             return _multipart(("text/cloud-config", "#cloud-config\n" + yaml.safe_dump(
                 {"users": ["default", ours], "runcmd": [FLUSH]})),
@@ -252,7 +257,7 @@ class VmController(Controller):
         config["users"] = (list(users) if isinstance(users, list) else ["default"]) + [ours]
         runcmd = config.get("runcmd")
         config["runcmd"] = (list(runcmd) if isinstance(runcmd, list) else []) + [FLUSH]
-        return "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
+        return header + "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
 
     def ensure_disk(self, vm: Obj, cls: Obj, image: ImageFiles) -> Path:
         self.disks.ensure_pool(self.pool, "vms")

@@ -17,7 +17,6 @@ import logging
 from appliance.clusters.credentials import ensure_certificates, ensure_kubeconfig
 from appliance.clusters.machines import MachineRecipe, ensure_children, new_machine
 from appliance.clusters.objects import (
-    CLONED_FROM_NAME,
     CLUSTER_NAME,
     CLUSTERS,
     CONTROL_PLANE,
@@ -44,8 +43,10 @@ from appliance.resources import ResourceApi, get_or_none
 LOG = logging.getLogger(__name__)
 
 FINALIZER = "kubeadm.controlplane.cluster.x-k8s.io"
-#: The kubeadm configuration a machine was made from (a hash), to see when to roll it.
+#: What a machine was made from (the kubeadm configuration as a hash, the machine
+#: template's name), to see when to roll it.
 CONFIG_HASH = "controlplane.cluster.x-k8s.io/kubeadm-config-hash"
+TEMPLATE_NAME = "controlplane.cluster.x-k8s.io/infrastructure-template"
 
 
 def config_hash(kcp: Obj) -> str:
@@ -60,7 +61,7 @@ def outdated(kcp: Obj, machine: Obj) -> bool:
     annotations = machine["metadata"].get("annotations") or {}
     return (mspec.get("version") != spec.get("version") or
             annotations.get(CONFIG_HASH) != config_hash(kcp) or
-            annotations.get(CLONED_FROM_NAME) != template)
+            annotations.get(TEMPLATE_NAME) != template)
 
 
 class KubeadmControlPlaneController(Controller):
@@ -142,7 +143,9 @@ class KubeadmControlPlaneController(Controller):
             infrastructure_template=template.get("infrastructureRef") or {},
             labels={**(tmeta.get("labels") or {}), CONTROL_PLANE: "",
                     CONTROL_PLANE_NAME: name},
-            annotations={**(tmeta.get("annotations") or {}), CONFIG_HASH: config_hash(kcp)},
+            annotations={**(tmeta.get("annotations") or {}), CONFIG_HASH: config_hash(kcp),
+                         TEMPLATE_NAME: str((template.get("infrastructureRef") or {}).get(
+                             "name") or "")},
             bootstrap_spec=bootstrap, node_drain_timeout=template.get("nodeDrainTimeout"))
 
     def scale(self, kcp: Obj, machines: list[Obj], status: Obj, conditions: list[Obj],

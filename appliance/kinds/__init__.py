@@ -1,15 +1,24 @@
 """Kinds served by the supervisor API."""
 
-from appliance.kinds import core, network, pods, rbac, vmop
+from collections.abc import Sequence
+
+from appliance.kinds import capi, capv, core, network, pods, rbac, tanzu, vmop
 from appliance.kinds.registry import Registry
 
 
-def default_registry() -> Registry:
-    """Every kind this build of the supervisor serves."""
+def default_registry(lab_ranges: Sequence[str] = ()) -> Registry:
+    """Every kind this build of the supervisor serves.
+
+    ``lab_ranges`` are the lab's own networks ("CIDR" or "CIDR=label"): a guest
+    Cluster's pod and service ranges may not overlap them.
+    """
     registry = Registry()
     registry.extend(core.KINDS)
     registry.extend(pods.KINDS)
     registry.extend(rbac.KINDS)
     registry.extend(vmop.KINDS)
     registry.extend(network.KINDS)
+    registry.extend(capi.kinds(lab_ranges))
+    registry.extend(capv.KINDS)
+    registry.extend(tanzu.KINDS)
     return registry

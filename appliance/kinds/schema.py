@@ -182,7 +182,10 @@ def _to_jsonschema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: _to_jsonschema(v) for k, v in schema.items()
-           if not k.startswith("x-") and k not in ("nullable", "default", "format")}
+           if not k.startswith("x-") and k not in ("nullable", "default", "format",
+                                                   "properties")}
+    if isinstance(schema.get("properties"), dict):  # names here are fields, not keywords
+        out["properties"] = {k: _to_jsonschema(v) for k, v in schema["properties"].items()}
     if schema.get("x-kubernetes-int-or-string"):
         pattern = out.pop("pattern", None)
         # A Quantity also takes any JSON number (YAML `cpu: 0.5`).

@@ -245,8 +245,22 @@ def _vm_consumes(vm: Obj, lookup: Lookup) -> dict[str, Decimal]:
     return used
 
 
+#: cloud-init renders user-data that starts with this line as a jinja template first
+#: (CABPK's output does, for ``{{ ds.meta_data.hostname }}`` and the like).
+JINJA_HEADER = "## template: jinja"
+
+
+def split_jinja_header(text: str) -> tuple[str, str]:
+    """(the jinja header line with its newline, or "", the rest of the user-data)."""
+    first, sep, rest = text.partition("\n")
+    if first.strip() == JINJA_HEADER:
+        return first + sep, rest
+    return "", text
+
+
 def cloud_config_problem(text: str) -> str | None:
     """Why ``text`` is not usable cloud-init user-data, or None."""
+    _, text = split_jinja_header(text)
     if text.startswith("#!") or text.startswith("Content-Type: multipart"):
         return None
     if not text.startswith("#cloud-config"):

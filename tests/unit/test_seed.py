@@ -55,10 +55,14 @@ def test_text_user_data_is_kept_as_given(tmp_path: Path) -> None:
     message.attach(MIMEText(script, "x-shellscript"))
     files = read_seed_iso(build_seed_iso(tmp_path / "c.iso", message.as_string(), META_DATA))
     assert files["user-data"] == message.as_string().encode()
+    jinja = "## template: jinja\n#cloud-config\nhostname: '{{ ds.meta_data.hostname }}'\n"
+    files = read_seed_iso(build_seed_iso(tmp_path / "d.iso", jinja, META_DATA))
+    assert files["user-data"] == jinja.encode()  # cloud-init renders it, not us
 
 
 @pytest.mark.parametrize(("user_data", "meta_data"), [
     ("hostname: x\n", META_DATA),  # neither #cloud-config nor a script
+    ("## template: jinja\nhostname: x\n", META_DATA),  # a template of neither
     (USER_DATA, {"local-hostname": "x"}),  # no instance-id
     (["not", "a", "dict"], META_DATA),
 ])
