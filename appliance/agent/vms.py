@@ -42,7 +42,7 @@ from appliance.controllers.base import (
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import (GROUP, GUEST_BOOTSTRAP, STORAGE, VM_FINALIZER, boot_disk_bytes,
-                                  cloud_config_problem, split_jinja_header,
+                                  cloud_config_problem, dump_cloud_config, split_jinja_header,
                                   user_data_text)
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
@@ -247,17 +247,7 @@ class VmController(Controller):
         public = base64.b64decode(secret["data"]["ssh-publickey"]).decode().strip()
         ours = {"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
                 "lock_passwd": True, "ssh_authorized_keys": [public, *extra_keys]}
-        header, text = split_jinja_header(text)
-        if not text.startswith("#cloud-config"):
-            return _multipart(("text/cloud-config", "#cloud-config\n" + yaml.safe_dump(
-                {"users": ["default", ours], "runcmd": [FLUSH]})),
-                              ("text/x-shellscript", text))
-        config = yaml.safe_load(text) or {}
-        users = config.get("users")
-        config["users"] = (list(users) if isinstance(users, list) else ["default"]) + [ours]
-        runcmd = config.get("runcmd")
-        config["runcmd"] = (list(runcmd) if isinstance(runcmd, list) else []) + [FLUSH]
-        return header + "#cloud-config\n" + yaml.safe_dump(config, default_flow_style=False)
+        return with_user(text, ours)
 
     def ensure_disk(self, vm: Obj, cls: Obj, image: ImageFiles) -> Path:
         self.disks.ensure_pool(self.pool, "vms")
@@ -392,6 +382,23 @@ class VmController(Controller):
         for dom in removed:
             self.driver.ensure_absent(dom)
         return removed
+
+
+def with_user(text: str, user: dict[str, Any]) -> str:
+    """User-data with ``user`` added (and the final ``sync``), keeping what it was: a
+    cloud-config (a jinja template or not) stays one, a script becomes part of a
+    multi-part archive."""
+    header, text = split_jinja_header(text)
+    if not text.startswith("#cloud-config"):
+        return _multipart(("text/cloud-config", "#cloud-config\n" + yaml.safe_dump(
+            {"users": ["default", user], "runcmd": [FLUSH]})),
+                          ("text/x-shellscript", text))
+    config = yaml.safe_load(text) or {}
+    users = config.get("users")
+    config["users"] = (list(users) if isinstance(users, list) else ["default"]) + [user]
+    runcmd = config.get("runcmd")
+    config["runcmd"] = (list(runcmd) if isinstance(runcmd, list) else []) + [FLUSH]
+    return header + "#cloud-config\n" + dump_cloud_config(config)
 
 
 def mac_for(uid: str) -> str:

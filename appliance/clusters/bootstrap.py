@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from appliance.clusters import kubeadm
-from appliance.kinds.vmop import JINJA_HEADER
+from appliance.kinds.vmop import JINJA_HEADER, dump_cloud_config
 from appliance.clusters.certs import (
     PURPOSE_CLUSTER_CA,
     PURPOSE_ETCD_CA,
@@ -174,8 +173,7 @@ def render_cloud_config(inp: BootstrapInput, *, templates_dir: Path = DEFAULT_TE
         cloud_config["fs_setup"] = _fs_setup(disk_setup["filesystems"])
     if spec.get("mounts"):
         cloud_config["mounts"] = [list(m) for m in spec["mounts"]]
-    body = yaml.dump(cloud_config, Dumper=_CloudConfigDumper, sort_keys=False,
-                     default_flow_style=False, width=4096)
+    body = dump_cloud_config(cloud_config)
     # As CABPK: cloud-init renders the user-data as a jinja template first, so the
     # ``{{ ds.meta_data.hostname }}`` of CAPV's templates becomes the node's name.
     return JINJA_HEADER + "\n#cloud-config\n" + body
@@ -333,16 +331,3 @@ def _clean(value: Any, limit: int, keep: str) -> str:
     text = value if isinstance(value, str) else ("" if value is None else str(value))
     text = "".join(c for c in text if c in keep or (ord(c) >= 0x20 and ord(c) != 0x7F))
     return text[:limit]
-
-
-class _CloudConfigDumper(yaml.SafeDumper):
-    """SafeDumper writing multi-line strings (PEM, scripts, kubeadm YAML) as literal blocks."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    if "\n" in data:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
-
-
-_CloudConfigDumper.add_representer(str, _represent_str)

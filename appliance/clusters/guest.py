@@ -11,6 +11,7 @@ under the state directory for the TLS library and removed with the client.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import logging
 import os
@@ -53,13 +54,7 @@ class GuestCluster:
 
     def apply(self, obj: Obj) -> str:
         """Create ``obj`` (CRS ApplyOnce semantics): "created" or "exists"."""
-        group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
-        plural = str(obj.get("kind", "")).lower() + "s"
-        ns = (obj.get("metadata") or {}).get("namespace") or ""
-        if plural not in ("namespaces", "nodes", "clusterroles", "clusterrolebindings",
-                          "storageclasses", "customresourcedefinitions") and not ns:
-            ns = "default"
-        path = ApiClient.path(group, version, plural, ns)
+        path = self._collection(obj)
         try:
             self.client.create(path, obj)
             return "created"
@@ -69,6 +64,37 @@ class GuestCluster:
             raise
         except requests.RequestException as exc:
             raise GuestUnreachable(f"{self.server}: {exc.__class__.__name__}") from exc
+
+    def replace(self, obj: Obj) -> str:
+        """Create ``obj``, or replace the object of that name with it (CRS Reconcile
+        semantics): "created" or "replaced"."""
+        path = self._collection(obj)
+        item = f"{path}/{(obj.get('metadata') or {}).get('name', '')}"
+        try:
+            try:
+                self.client.create(path, obj)
+                return "created"
+            except errors.ApiError as err:
+                if err.code != 409:
+                    raise
+            current = self.client.get(item)
+            body = copy.deepcopy(obj)
+            body.setdefault("metadata", {})["resourceVersion"] = \
+                (current.get("metadata") or {}).get("resourceVersion")
+            self.client.replace(item, body)
+            return "replaced"
+        except requests.RequestException as exc:
+            raise GuestUnreachable(f"{self.server}: {exc.__class__.__name__}") from exc
+
+    @staticmethod
+    def _collection(obj: Obj) -> str:
+        group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
+        plural = str(obj.get("kind", "")).lower() + "s"
+        ns = (obj.get("metadata") or {}).get("namespace") or ""
+        if plural not in ("namespaces", "nodes", "clusterroles", "clusterrolebindings",
+                          "storageclasses", "customresourcedefinitions") and not ns:
+            ns = "default"
+        return ApiClient.path(group, version, plural, ns)
 
     def _get(self, path: str) -> Any:
         try:

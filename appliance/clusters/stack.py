@@ -10,6 +10,7 @@ from appliance.clusters.deployments import MachineDeploymentController, MachineS
 from appliance.clusters.healthcheck import MachineHealthCheckController
 from appliance.clusters.kubeadmconfig import KubeadmConfigController
 from appliance.clusters.machine import MachineController
+from appliance.clusters.resourceset import ClusterResourceSetController
 from appliance.clusters.vsphere import VSphereClusterController, VSphereMachineController
 from appliance.controllers.base import Controller
 from appliance.resources import ResourceApi
@@ -23,4 +24,5 @@ def cluster_controllers(api: ResourceApi, run_dir: Path) -> list[Controller]:
             KubeadmControlPlaneController(api), KubeadmConfigController(api),
             MachineController(api, guests), VSphereMachineController(api),
             MachineSetController(api), MachineDeploymentController(api),
-            MachineHealthCheckController(api, guests)]
+            MachineHealthCheckController(api, guests),
+            ClusterResourceSetController(api, guests)]

@@ -472,6 +472,27 @@ KINDS = (VIRTUALMACHINE, VIRTUALMACHINECLASS, VIRTUALMACHINEIMAGE, CLUSTERVIRTUA
          VIRTUALMACHINESERVICE)
 
 
+class _CloudConfigDumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings (PEM, scripts, kubeadm YAML) as literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if "\n" in data:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_CloudConfigDumper.add_representer(str, _represent_str)
+
+
+def dump_cloud_config(config: dict[str, Any]) -> str:
+    """A cloud-config document's YAML (without the ``#cloud-config`` line): multi-line
+    strings as literal blocks and no folded lines, so that user-data which is a jinja
+    template (``{{ ds.meta_data.hostname }}``) is never cut inside a ``{{ }}``."""
+    return yaml.dump(config, Dumper=_CloudConfigDumper, sort_keys=False,
+                     default_flow_style=False, width=1 << 20)
+
+
 def user_data_text(cloud_config: dict[str, Any]) -> str:
     """vm-operator's structured cloudConfig rendered as cloud-init user-data."""
     converted = copy.deepcopy(cloud_config)

@@ -659,3 +659,24 @@ def test_script_rejects_bad_arguments(node: FakeNode) -> None:
     report = parse_report(node.console.read_text())
     assert report is not None and report["status"] == "Failed" and "usage" in report["message"]
     assert node.run("init", "5; rm -rf /").returncode == 1
+
+
+def test_the_host_agent_keeps_a_jinja_cloud_config_renderable() -> None:
+    """The host agent adds its own user to every VM's user-data and writes it out again;
+    cloud-init then renders it with jinja. Nothing may fold a line inside ``{{ }}``
+    (a worker's data once came out as ``{{\\`` and cloud-init ignored all of it)."""
+    import jinja2
+
+    from appliance.agent.vms import with_user
+
+    text = render_cloud_config(worker_input())
+    merged = with_user(text, {"name": "pacific", "ssh_authorized_keys": ["ssh-ed25519 X"]})
+    header, body = merged.split("\n", 1)
+    assert header == "## template: jinja"
+    rendered = jinja2.Template(body).render(ds={"meta_data": {"hostname": "node-1"}},
+                                            local_hostname="node-1")
+    doc = yaml.safe_load(rendered)
+    assert [u["name"] for u in doc["users"]][-2:] == ["vmware-system-user", "pacific"]
+    assert doc["runcmd"][-1] == ["sync"]
+    join = next(f for f in doc["write_files"] if f["path"].endswith("kubeadm-join-config.yaml"))
+    assert "{{" not in join["content"] and "tkc-1-workers-q8f4z-abcde" in join["content"]
