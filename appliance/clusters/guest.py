@@ -36,6 +36,29 @@ LOG = logging.getLogger(__name__)
 TIMEOUT = 4.0
 
 
+#: Kinds of a guest cluster that live outside namespaces (what add-ons usually bring).
+CLUSTER_SCOPED = frozenset({
+    "namespaces", "nodes", "persistentvolumes", "clusterroles", "clusterrolebindings",
+    "storageclasses", "csidrivers", "csinodes", "volumeattachments", "priorityclasses",
+    "runtimeclasses", "customresourcedefinitions", "apiservices",
+    "mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+    "validatingadmissionpolicies", "validatingadmissionpolicybindings", "ingressclasses",
+    "podsecuritypolicies", "certificatesigningrequests"})
+
+
+def plural_of(kind: str) -> str:
+    """The resource name of a kind, as Kubernetes' default pluralisation makes it
+    (StorageClass → storageclasses, NetworkPolicy → networkpolicies)."""
+    low = kind.lower()
+    if low in ("endpoints", "podsecuritypolicies"):
+        return low
+    if low.endswith(("s", "x", "z", "ch", "sh")):
+        return low + "es"
+    if low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return low[:-1] + "ies"
+    return low + "s"
+
+
 class GuestUnreachable(Exception):
     """The guest cluster's API did not answer (yet): not an error of the supervisor."""
 
@@ -89,10 +112,9 @@ class GuestCluster:
     @staticmethod
     def _collection(obj: Obj) -> str:
         group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
-        plural = str(obj.get("kind", "")).lower() + "s"
+        plural = plural_of(str(obj.get("kind", "")))
         ns = (obj.get("metadata") or {}).get("namespace") or ""
-        if plural not in ("namespaces", "nodes", "clusterroles", "clusterrolebindings",
-                          "storageclasses", "customresourcedefinitions") and not ns:
+        if plural not in CLUSTER_SCOPED and not ns:
             ns = "default"
         return ApiClient.path(group, version, plural, ns)
 

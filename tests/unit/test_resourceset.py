@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from appliance.clusters import resourceset
-from appliance.clusters.guest import GuestUnreachable
+from appliance.clusters.guest import GuestCluster, GuestUnreachable
 from appliance.clusters.objects import (
     CLUSTER_NAME,
     CLUSTERS,
@@ -432,3 +433,52 @@ def test_a_new_cluster_is_seen_through_the_watch(
         stop.set()
         runner.join(timeout=5.0)
     assert not runner.is_alive()
+
+
+class StubClient:
+    """The guest's ApiClient: a ResourceQuota exists already."""
+
+    def __init__(self, down: bool = False) -> None:
+        self.down = down
+        self.requests: list[tuple[str, str, Any]] = []
+
+    def create(self, path: str, body: Obj) -> Obj:
+        if self.down:
+            raise requests.ConnectionError("refused")
+        self.requests.append(("POST", path, body))
+        if body["kind"] == "ResourceQuota":
+            raise ApiError(409, "AlreadyExists", 'resourcequotas "pods" already exists')
+        return body
+
+    def get(self, path: str) -> Obj:
+        self.requests.append(("GET", path, None))
+        return {"metadata": {"name": "pods", "resourceVersion": "42"}}
+
+    def replace(self, path: str, body: Obj) -> Obj:
+        self.requests.append(("PUT", path, body))
+        return body
+
+
+def test_the_guest_client_creates_or_replaces() -> None:
+    client = StubClient()
+    guest = GuestCluster("https://192.0.2.10:6443", client)  # type: ignore[arg-type]
+    assert guest.replace(CONFIG) == "created"
+    assert guest.replace(QUOTA) == "replaced"
+    item = "/api/v1/namespaces/default/resourcequotas/pods"
+    assert [(m, p) for m, p, _ in client.requests] == [
+        ("POST", "/api/v1/namespaces/kube-system/configmaps"),
+        ("POST", "/api/v1/namespaces/default/resourcequotas"), ("GET", item), ("PUT", item)]
+    assert client.requests[-1][2]["metadata"]["resourceVersion"] == "42"
+    assert "resourceVersion" not in QUOTA["metadata"]  # the caller's object is not changed
+    with pytest.raises(GuestUnreachable):
+        GuestCluster("https://192.0.2.10:6443",
+                     StubClient(down=True)).replace(QUOTA)  # type: ignore[arg-type]
+
+
+def test_guest_resource_names_follow_kubernetes_pluralisation() -> None:
+    from appliance.clusters.guest import plural_of
+
+    assert [plural_of(k) for k in ("StorageClass", "NetworkPolicy", "Ingress", "Endpoints",
+                                   "Deployment", "ConfigMap", "PriorityClass")] == [
+        "storageclasses", "networkpolicies", "ingresses", "endpoints", "deployments",
+        "configmaps", "priorityclasses"]
