@@ -15,7 +15,12 @@ import copy
 import logging
 
 from appliance.clusters.credentials import ensure_certificates, ensure_kubeconfig
-from appliance.clusters.machines import MachineRecipe, ensure_children, new_machine
+from appliance.clusters.machines import (
+    MachineRecipe,
+    TemplateNotFound,
+    ensure_children,
+    new_machine,
+)
 from appliance.clusters.objects import (
     CLUSTER_NAME,
     CLUSTERS,
@@ -113,14 +118,22 @@ class KubeadmControlPlaneController(Controller):
                     ensure_children(self.api, m, recipe_first if first else recipe_join)
             again, conditions = self.scale(kcp, machines, status, conditions, recipe_first,
                                            recipe_join)
+            conditions = mark(conditions, "MachinesCreated", True)
             return again or 5.0
+        except TemplateNotFound as exc:
+            conditions = mark(conditions, "MachinesCreated", False,
+                              "InfrastructureTemplateNotFound", str(exc), "Error")
+            return exc.delay
         finally:
             conditions = self.fill_status(kcp, machines, status, conditions)
-            status["conditions"] = summary(conditions, ("Available", "CertificatesAvailable",
+            failed = tuple(c["type"] for c in conditions
+                           if c["type"] == "MachinesCreated" and c["status"] == "False")
+            status["conditions"] = summary(conditions, (*failed, "Available",
+                                                        "CertificatesAvailable",
                                                         "MachinesReady"))
             old = kcp
             kcp = write_status(self.api, self.ref, kcp, status)
-            for t in ("Available", "Resized", "MachinesSpecUpToDate"):
+            for t in ("Available", "Resized", "MachinesSpecUpToDate", "MachinesCreated"):
                 transition(self.api, kcp, old, status["conditions"], t)
 
     def recipe(self, kcp: Obj, cluster: Obj, init: bool) -> MachineRecipe:

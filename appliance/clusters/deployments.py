@@ -14,7 +14,12 @@ import logging
 import math
 from datetime import UTC, datetime
 
-from appliance.clusters.machines import MachineRecipe, ensure_children, new_machine
+from appliance.clusters.machines import (
+    MachineRecipe,
+    TemplateNotFound,
+    ensure_children,
+    new_machine,
+)
 from appliance.clusters.objects import (
     CAPI,
     CLUSTER_NAME,
@@ -32,6 +37,7 @@ from appliance.clusters.objects import (
     record,
     spec_hash,
     summary,
+    transition,
     write_status,
 )
 from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
@@ -134,7 +140,12 @@ class MachineSetController(Controller):
                               "" if len(live) == desired else
                               ("ScalingUp" if len(live) < desired else "ScalingDown"),
                               f"{len(live)} of {desired} machines")
+            conditions = mark(conditions, "MachinesCreated", True)
             return again or (3.0 if any(not machine_ready(m) for m in live) else None)
+        except TemplateNotFound as exc:
+            conditions = mark(conditions, "MachinesCreated", False, "TemplateNotFound",
+                              str(exc), "Error")
+            return exc.delay
         finally:
             ready = [m for m in machines if machine_ready(m)]
             min_ready = int(spec.get("minReadySeconds") or 0)
@@ -157,8 +168,11 @@ class MachineSetController(Controller):
                                   why.get("severity") or "Info")
             else:
                 conditions = mark(conditions, "MachinesReady", True)
-            status["conditions"] = summary(conditions, ("Resized", "MachinesReady"))
-            write_status(self.api, self.ref, ms, status)
+            status["conditions"] = summary(conditions, ("MachinesCreated", "Resized",
+                                                        "MachinesReady"))
+            old = ms
+            ms = write_status(self.api, self.ref, ms, status)
+            transition(self.api, ms, old, status["conditions"], "MachinesCreated")
 
     @staticmethod
     def recipe(ms: Obj) -> MachineRecipe:

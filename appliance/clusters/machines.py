@@ -29,6 +29,15 @@ from appliance.kinds.registry import Obj
 from appliance.resources import ResourceApi, get_or_none
 
 
+class TemplateNotFound(TemporaryError):
+    """A template a machine is made from does not exist (yet): no machine is made."""
+
+    def __init__(self, template_ref: Obj, namespace: str) -> None:
+        super().__init__(f"{template_ref.get('kind') or 'template'} "
+                         f"{template_ref.get('name')!r} not found in namespace {namespace}",
+                         10.0)
+
+
 @dataclass(frozen=True)
 class MachineRecipe:
     """What a new machine is made of."""
@@ -45,8 +54,19 @@ class MachineRecipe:
     failure_domain: str | None = None
 
 
+def check_templates(api: ResourceApi, namespace: str, recipe: MachineRecipe) -> None:
+    """Raise :class:`TemplateNotFound` unless every template of ``recipe`` exists."""
+    for ref in (recipe.infrastructure_template, recipe.bootstrap_template):
+        if ref is not None and get_or_none(api, ref_for(ref), namespace,
+                                           ref.get("name", "")) is None:
+            raise TemplateNotFound(ref, namespace)
+
+
 def new_machine(api: ResourceApi, namespace: str, prefix: str, recipe: MachineRecipe,
                 owner: Obj) -> Obj:
+    """A new Machine with its infrastructure machine and bootstrap config; nothing is
+    made when a template is missing."""
+    check_templates(api, namespace, recipe)
     name = f"{prefix}-{random_suffix()}"
     infra_ref = recipe.infrastructure_template
     infra_kind = str(infra_ref.get("kind") or "").removesuffix("Template")
@@ -81,8 +101,7 @@ def ensure_children(api: ResourceApi, machine: Obj, recipe: MachineRecipe) -> No
         template_ref = recipe.infrastructure_template
         template = get_or_none(api, ref_for(template_ref), ns, template_ref.get("name", ""))
         if template is None:
-            raise TemporaryError(f"{template_ref.get('kind')} {template_ref.get('name')!r} "
-                                 f"not found in namespace {ns}", 10.0)
+            raise TemplateNotFound(template_ref, ns)
         create_or_get(api, ref_for(infra), ns, clone_template(
             template, infra["name"], infra["kind"], labels, machine))
     config_ref = (spec.get("bootstrap") or {}).get("configRef") or {}
@@ -92,8 +111,7 @@ def ensure_children(api: ResourceApi, machine: Obj, recipe: MachineRecipe) -> No
         tref = recipe.bootstrap_template
         template = get_or_none(api, ref_for(tref), ns, tref.get("name", ""))
         if template is None:
-            raise TemporaryError(f"{tref.get('kind')} {tref.get('name')!r} not found in "
-                                 f"namespace {ns}", 10.0)
+            raise TemplateNotFound(tref, ns)
         body = clone_template(template, name, "KubeadmConfig", labels, machine)
     else:
         body = {"apiVersion": f"{BOOTSTRAP}/{V1B1}", "kind": "KubeadmConfig",

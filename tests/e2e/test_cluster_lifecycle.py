@@ -310,8 +310,9 @@ def test_machine_deployment_scales_and_rolls_out(capi: Lab) -> None:
     for m in workers:
         assert infra[m["metadata"]["name"]]["metadata"]["annotations"][
             "cluster.x-k8s.io/cloned-from-name"] == f"{CLUSTER}-worker-2"
-    sets = capi.items("machinesets")
-    assert len(sets) == 1, [s["metadata"]["name"] for s in sets]
+    wait_for("the old MachineSet removed", lambda: len(capi.items("machinesets")) == 1, 60,
+             1.0, describe=lambda: str([s["metadata"]["name"]
+                                        for s in capi.items("machinesets")]))
     md = wait_for("MD available", lambda: (capi.get("md", f"{CLUSTER}-md-0") or {}).get(
         "status", {}).get("availableReplicas") == 2 and capi.get("md", f"{CLUSTER}-md-0"),
         60, 1.0)
@@ -352,6 +353,37 @@ def test_health_check_remediates_within_max_unhealthy(capi: Lab) -> None:
     events = capi.kc.run("get", "events", "-n", capi.ns, "--field-selector",
                          "reason=MachineMarkedUnhealthy", "-o", "json").stdout
     assert a in events
+
+
+def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
+    """Nodes are VMs: they count in the namespace's quota, and a refused VM is said on
+    the Machine's conditions and as an Event, with the quota's own message."""
+    capi.kc.run("delete", "mhc", f"{CLUSTER}-workers", "-n", capi.ns)
+    used = len(capi.items("virtualmachines"))
+    capi.kc.apply_objects([{"apiVersion": "v1", "kind": "ResourceQuota",
+                            "metadata": {"name": "nodes"},
+                            "spec": {"hard": {"count/virtualmachines.vmoperator.vmware.com":
+                                              str(used)}}}], capi.tmp / "quota.yaml")
+    before = {m["metadata"]["name"] for m in capi.machines(WORKERS)}
+    capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
+                json.dumps({"spec": {"replicas": len(before) + 1}}))
+
+    def refused() -> dict[str, Any] | None:
+        for m in capi.machines(WORKERS):
+            if m["metadata"]["name"] in before:
+                continue
+            cond = next((c for c in (m.get("status") or {}).get("conditions") or []
+                         if c["type"] == "InfrastructureReady"), {})
+            if cond.get("reason") == "VMCreationFailed":
+                return cond
+        return None
+    cond = wait_for("the new machine refused by the quota", refused, 120, 1.0)
+    assert "exceeded quota" in cond["message"] and cond["severity"] == "Error"
+    assert len(capi.items("virtualmachines")) == used  # nothing half-made
+    events = capi.kc.run("get", "events", "-n", capi.ns, "--field-selector",
+                         "reason=VMCreationFailed", "-o", "json").stdout
+    assert "exceeded quota" in events
+    capi.kc.run("delete", "resourcequota", "nodes", "-n", capi.ns)
 
 
 def test_deleting_the_cluster_removes_everything(capi: Lab) -> None:

@@ -8,6 +8,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 CACHE_DIR = Path(os.environ.get("LAB_CACHE_DIR", "/var/cache/pacific-lab"))
 SDK = Path("/usr/lib/google-cloud-sdk/bin")
@@ -46,6 +49,12 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} -> rc {proc.returncode}\n"
                                  f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
         return proc
+
+    def apply_objects(self, objects: list[dict[str, Any]], path: Path
+                      ) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply -f`` of ``objects``, written to ``path`` as one YAML stream."""
+        path.write_text(yaml.safe_dump_all(objects))
+        return self.run("apply", "-f", str(path))
 
     def start(self, *args: str) -> Background:
         proc = subprocess.Popen([str(self.binary), *args], stdout=subprocess.PIPE,
