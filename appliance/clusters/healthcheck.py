@@ -85,7 +85,7 @@ class MachineHealthCheckController(Controller):
         status = copy.deepcopy(mhc.get("status") or {})
         conditions = list(status.get("conditions") or [])
         selector = selector_of(mhc)
-        if selector is None or selector.is_empty():
+        if selector is None or selector.is_empty:
             status["conditions"] = mark(conditions, "RemediationAllowed", False,
                                         "InvalidSelector", "spec.selector selects nothing",
                                         "Error")
