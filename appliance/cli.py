@@ -297,15 +297,34 @@ def login(server: str, username: str, password_stdin: bool, insecure_skip_tls_ve
 
 
 @main.command("kubeconfig")
+@click.argument("ref", metavar="[NAMESPACE/CLUSTER]", required=False)
 @click.option("--admin", is_flag=True, help="Print the path of the administrator's kubeconfig.")
-def kubeconfig_cmd(admin: bool) -> None:
-    """Where kubeconfigs are."""
-    s = _settings()
-    if not admin:
-        raise click.ClickException("use --admin (guest-cluster kubeconfigs come with TKC)")
-    if not s.admin_kubeconfig_path.exists():
-        raise click.ClickException("no admin kubeconfig yet: run `lab up` first")
-    out.print(str(s.admin_kubeconfig_path))
+@click.option("--kubeconfig", "kubeconfig_path", default=None,
+              help="The supervisor kubeconfig to use (default: KUBECONFIG or ~/.kube/config).")
+def kubeconfig_cmd(ref: str | None, admin: bool, kubeconfig_path: str | None) -> None:
+    """Print a guest cluster's kubeconfig (editors and owners), or with --admin the path
+    of the supervisor administrator's kubeconfig."""
+    import base64
+
+    if admin:
+        s = _settings()
+        if not s.admin_kubeconfig_path.exists():
+            raise click.ClickException("no admin kubeconfig yet: run `lab up` first")
+        out.print(str(s.admin_kubeconfig_path))
+        return
+    if not ref:
+        raise click.ClickException("name a cluster (lab kubeconfig NAMESPACE/CLUSTER) or use "
+                                   "--admin")
+    client, default_ns = _api_from_kubeconfig(kubeconfig_path)
+    ns, name = _split_ref(ref, default_ns)
+    try:
+        secret = client.get(client.path("", "v1", "secrets", ns, f"{name}-kubeconfig"))
+    except errors.ApiError as err:
+        if err.code == 404:
+            raise click.ClickException(f"cluster {ns}/{name} has no kubeconfig yet (is its "
+                                       "endpoint ready?)") from err
+        raise click.ClickException(err.message) from err
+    sys.stdout.write(base64.b64decode((secret.get("data") or {}).get("value", "")).decode())
 
 
 # -- users -------------------------------------------------------------------------------------
@@ -674,6 +693,21 @@ def tkr_build(version: str, from_dir: Path | None, force: bool) -> None:
         raise click.ClickException(result.message)
     image = f" (node image {result.image.name})" if result.image else ""
     console.print(f"[green]✓[/] {result.names.release} ready{image}")
+
+
+@tkr_group.command("import")
+@click.argument("version")
+@click.option("--image", required=True,
+              help="A node image already in the content library (see `lab image import`).")
+def tkr_import(version: str, image: str) -> None:
+    """Publish the release of Kubernetes VERSION for a node image you brought."""
+    from appliance.vmservice import tkr
+
+    try:
+        result = tkr.import_release(_open_supervisor().service, tkr.parse(version), image)
+    except tkr.ReleaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    console.print(f"[green]✓[/] {result.names.release} ready (node image {image})")
 
 
 @tkr_group.command("list")

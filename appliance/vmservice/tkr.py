@@ -94,9 +94,30 @@ def build_release(settings: Settings, service: ObjectService, version: KubeVersi
     return ReleaseResult(names, True, "", files, rebuilt=True)
 
 
+def import_release(service: ObjectService, version: KubeVersion, image: str) -> ReleaseResult:
+    """Publish the release of ``version`` for a node image already in the content library
+    (a TKG node image brought with ``lab image import``, say). Its contents are the
+    administrator's word: nothing here can look inside it, and a node image without
+    kubeadm shows as ``KubeadmNotFound`` on the clusters' machines."""
+    names = release_names(version.tag)
+    images = service.registry.by_group_plural("vmoperator.vmware.com",
+                                              "clustervirtualmachineimages")
+    assert images is not None
+    try:
+        service.get(SYSTEM, Target(images, images.storage_version.name, "", image))
+    except errors.ApiError as err:
+        if err.code != 404:
+            raise
+        raise ReleaseError(f"no image {image!r} in the content library (lab image import "
+                           f"FILE --name {image} brings one)") from None
+    publish(service, names, ready=True, reason="", message="", node_image=image)
+    return ReleaseResult(names, True, "")
+
+
 def publish(service: ObjectService, names: ReleaseNames, *, ready: bool, reason: str,
-            message: str) -> Obj:
-    """Create or refresh the OSImage and the release; set their conditions."""
+            message: str, node_image: str | None = None) -> Obj:
+    """Create or refresh the OSImage and the release; set their conditions. The OSImage
+    names ``node_image`` (default: the release's own built image)."""
     catalog = Catalog(service)
     labels = release_labels(names)
     os_image = {
@@ -104,7 +125,8 @@ def publish(service: ObjectService, names: ReleaseNames, *, ready: bool, reason:
         "metadata": {"name": names.os_image, "labels": {**labels, LABEL_OS_IMAGE: names.os_image}},
         "spec": {"kubernetesVersion": names.kubernetes, "os": dict(OS),
                  "image": {"type": "vmop", "ref": {
-                     "kind": "ClusterVirtualMachineImage", "name": names.node_image,
+                     "kind": "ClusterVirtualMachineImage",
+                     "name": node_image or names.node_image,
                      "version": names.version}}}}
     release = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "TanzuKubernetesRelease",
