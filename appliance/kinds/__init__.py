@@ -10,7 +10,7 @@ def default_registry(lab_ranges: Sequence[str] = ()) -> Registry:
     """Every kind this build of the supervisor serves.
 
     ``lab_ranges`` are the lab's own networks ("CIDR" or "CIDR=label"): a guest
-    Cluster's pod and service ranges may not overlap them.
+    Cluster's or TanzuKubernetesCluster's pod and service ranges may not overlap them.
     """
     registry = Registry()
     registry.extend(core.KINDS)
@@ -20,5 +20,5 @@ def default_registry(lab_ranges: Sequence[str] = ()) -> Registry:
     registry.extend(network.KINDS)
     registry.extend(capi.kinds(lab_ranges))
     registry.extend(capv.KINDS)
-    registry.extend(tanzu.KINDS)
+    registry.extend(tanzu.kinds(lab_ranges))
     return registry
