@@ -27,7 +27,7 @@ from appliance.admission import quota
 from appliance.auth.rbac import RBAC, Attributes, Authorizer
 from appliance.auth.users import MASTERS, UserInfo
 from appliance.errors import Cause
-from appliance.kinds.registry import AdmissionContext, Kind, Obj, Registry
+from appliance.kinds.registry import ADMISSION_WARNING, AdmissionContext, Kind, Obj, Registry
 from appliance.kinds.schema import apply_defaults, prune_unknown, validate
 from appliance.kinds.smp import StrategicPatchError, strategic_merge
 from appliance.store.repo import Key, ReadTxn, Store, WriteTxn
@@ -292,7 +292,7 @@ class ObjectService:
         with self.store.write(dry_run=opts.dry_run) as txn:
             self.authorize(txn, user, "create", t, name)
             self._check_namespace(txn, t)
-            self._validate(txn, user, t, obj, None, "CREATE")
+            warnings += self._validate(txn, user, t, obj, None, "CREATE")
             if txn.get(t.key(name)) is not None:
                 raise errors.already_exists(t.plural, t.group, name)
             quota.check(txn, self.registry, kind, t.namespace, name, obj, None)
@@ -325,7 +325,7 @@ class ObjectService:
             rv = (obj.get("metadata") or {}).get("resourceVersion")
             if rv and rv != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(t.plural, t.group, t.name)
-            stored = self._store_update(txn, user, t, current, obj)
+            stored = self._store_update(txn, user, t, current, obj, warnings)
             if opts.dry_run:
                 stored["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return Result(t.kind.convert_from_storage(stored, t.version), False, warnings)
@@ -361,7 +361,7 @@ class ObjectService:
                 if kind.namespaced:
                     applied["metadata"]["namespace"] = t.namespace
                 self._check_namespace(txn, t)
-                self._validate(txn, user, t, applied, None, "CREATE")
+                warnings += self._validate(txn, user, t, applied, None, "CREATE")
                 quota.check(txn, self.registry, kind, t.namespace, t.name, applied, None)
                 meta = applied["metadata"]
                 meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
@@ -376,7 +376,7 @@ class ObjectService:
             rv = (patched.get("metadata") or {}).get("resourceVersion")
             if rv and rv != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(t.plural, t.group, t.name)
-            stored = self._store_update(txn, user, t, current, patched)
+            stored = self._store_update(txn, user, t, current, patched, warnings)
             if opts.dry_run:
                 stored["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return Result(kind.convert_from_storage(stored, t.version), False, warnings)
@@ -397,7 +397,7 @@ class ObjectService:
             raise errors.ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from exc
 
     def _store_update(self, txn: WriteTxn, user: UserInfo, t: Target, current: Obj,
-                      new: Obj) -> Obj:
+                      new: Obj, warnings: list[str] | None = None) -> Obj:
         """Merge ``new`` (storage version) into ``current`` by subresource rules and store."""
         kind = t.kind
         merged = copy.deepcopy(new)
@@ -432,7 +432,9 @@ class ObjectService:
                     f'{sorted(added)}', t.plural, t.group, t.name)
         if _spec_of(merged) != _spec_of(current):
             meta["generation"] = int(cur_meta.get("generation") or 1) + 1
-        self._validate(txn, user, t, merged, current, "UPDATE")
+        found = self._validate(txn, user, t, merged, current, "UPDATE")
+        if warnings is not None:
+            warnings += found
         if t.namespace:
             quota.check(txn, self.registry, kind, t.namespace, t.name, merged, current)
         if _strip_rv(merged) == _strip_rv(current):
@@ -531,7 +533,8 @@ class ObjectService:
         return t.kind.convert_to_storage(obj, t.version)
 
     def _validate(self, txn: WriteTxn, user: UserInfo, t: Target, obj: Obj, old: Obj | None,
-                  operation: str) -> None:
+                  operation: str) -> list[str]:
+        """Refuse ``obj`` with every problem found; the admission warnings otherwise."""
         kind = t.kind
         name = obj["metadata"].get("name", "")
         causes: list[Cause] = []
@@ -556,8 +559,11 @@ class ObjectService:
                 return txn.get(Key(group, plural, namespace, name_))
             ctx = AdmissionContext(operation, user.name, lookup)
             causes += kind.validate(obj, old, ctx)
+        warnings = [f"{c.field}: {c.message}" for c in causes if c.reason == ADMISSION_WARNING]
+        causes = [c for c in causes if c.reason != ADMISSION_WARNING]
         if causes:
             raise errors.invalid(kind.kind, kind.group, name, causes)
+        return warnings
         if kind.group == RBAC and MASTERS not in user.groups:
             self._check_escalation(txn, user, t, obj)
 

@@ -64,6 +64,10 @@ class AdmissionContext:
     lookup: Lookup
 
 
+#: A kind's validation may return Causes with this reason: they do not refuse the
+#: object, they come back to the client as warnings (kubectl prints "Warning: ...").
+ADMISSION_WARNING = "AdmissionWarning"
+
 Validator = Callable[[Obj, Obj | None, AdmissionContext], list[Any]]
 
 

@@ -38,7 +38,7 @@ from appliance.errors import Cause
 from appliance.kinds import vmop
 from appliance.kinds.capi import (Network, _lab_networks, _network_causes, forbidden, invalid,
                                   parse_duration, parse_semver, required)
-from appliance.kinds.registry import (AdmissionContext, Kind, Lookup, Obj, PrinterColumn,
+from appliance.kinds.registry import (ADMISSION_WARNING, AdmissionContext, Kind, Lookup, Obj, PrinterColumn,
                                       Validator, Version)
 from appliance.kinds.schema import (CONDITION, Schema, array, integer, map_of, obj, preserve,
                                     quantity, string, string_map, top_level)
@@ -338,13 +338,20 @@ def _kube_version(lookup: Lookup, name: str) -> tuple[int, int, int] | None:
 def _release_causes(path: str, name: str, old_name: str, ctx: AdmissionContext) -> list[Cause]:
     """The release must exist (Ready or not: the controller reports why it cannot use it),
     and an upgrade goes one minor version at a time, never down."""
-    if ctx.lookup(GROUP, "tanzukubernetesreleases", "", name) is None:
+    release = ctx.lookup(GROUP, "tanzukubernetesreleases", "", name)
+    if release is None:
         return [invalid(path, name, f'TanzuKubernetesRelease "{name}" not found')]
+    ready = next((c for c in (release.get("status") or {}).get("conditions") or []
+                  if c.get("type") == READY), {})
+    warnings = [] if ready.get("status") == "True" else [Cause(
+        path, f"TanzuKubernetesRelease {name} is not Ready, so the cluster's nodes cannot "
+              f"bootstrap until it is: {ready.get('message') or 'no Ready condition'}",
+        ADMISSION_WARNING)]
     if not old_name or old_name == name:
-        return []
+        return warnings
     before, after = _kube_version(ctx.lookup, old_name), _kube_version(ctx.lookup, name)
     if before is None or after is None or after == before:
-        return []
+        return warnings
     was, now = "v" + ".".join(map(str, before)), "v" + ".".join(map(str, after))
     if after[0] != before[0]:
         why = f"the major version cannot change (Kubernetes {was} to {now})"
@@ -354,7 +361,7 @@ def _release_causes(path: str, name: str, old_name: str, ctx: AdmissionContext) 
         why = (f"Kubernetes {was} cannot be upgraded to {now}: upgrade one minor version at a "
                f"time (to v{before[0]}.{before[1] + 1} first)")
     else:
-        return []
+        return warnings
     return [invalid(path, name, why)]
 
 

@@ -456,8 +456,11 @@ def test_releases_must_exist(service: ObjectService) -> None:
 def test_a_release_that_is_not_ready_is_accepted(service: ObjectService) -> None:
     body = _with(_default(), "topology.controlPlane.tkr", {"reference": {"name": OLD}})
     body["spec"]["topology"]["nodePools"][0].pop("tkr")  # a pool runs its control plane's
-    assert _create(service, body)["spec"]["topology"]["controlPlane"]["tkr"] == {
-        "reference": {"name": OLD}}
+    result = service.create(SYSTEM, _tkc(service, _version(body)), copy.deepcopy(body), STRICT)
+    assert result.obj["spec"]["topology"]["controlPlane"]["tkr"] == {"reference": {"name": OLD}}
+    # accepted, with a warning that says why its nodes will not bootstrap (kubectl prints it)
+    assert len(result.warnings) == 1 and f"TanzuKubernetesRelease {OLD} is not Ready" in \
+        result.warnings[0], result.warnings
 
 
 def test_pod_and_service_ranges(service: ObjectService) -> None:
