@@ -26,7 +26,7 @@ import yaml
 
 from appliance import errors
 from appliance.client import ApiClient
-from appliance.clusters.objects import SECRETS, secret_value
+from appliance.clusters.objects import SECRETS, plural_of, secret_value
 from appliance.kinds.registry import Obj
 from appliance.resources import ResourceApi, get_or_none
 
@@ -44,19 +44,6 @@ CLUSTER_SCOPED = frozenset({
     "mutatingwebhookconfigurations", "validatingwebhookconfigurations",
     "validatingadmissionpolicies", "validatingadmissionpolicybindings", "ingressclasses",
     "podsecuritypolicies", "certificatesigningrequests"})
-
-
-def plural_of(kind: str) -> str:
-    """The resource name of a kind, as Kubernetes' default pluralisation makes it
-    (StorageClass → storageclasses, NetworkPolicy → networkpolicies)."""
-    low = kind.lower()
-    if low in ("endpoints", "podsecuritypolicies"):
-        return low
-    if low.endswith(("s", "x", "z", "ch", "sh")):
-        return low + "es"
-    if low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u"):
-        return low[:-1] + "ies"
-    return low + "s"
 
 
 class GuestUnreachable(Exception):

@@ -42,6 +42,11 @@ RESOURCESETS = Ref(ADDONS, V1B1, "clusterresourcesets")
 RESOURCESET_BINDINGS = Ref(ADDONS, V1B1, "clusterresourcesetbindings")
 VSPHERECLUSTERS = Ref(CAPV, V1B1, "vsphereclusters")
 VSPHEREMACHINES = Ref(CAPV, V1B1, "vspheremachines")
+CLUSTERCLASSES = Ref(CAPI, V1B1, "clusterclasses")
+KUBEADMCONTROLPLANETEMPLATES = Ref(CONTROLPLANE, V1B1, "kubeadmcontrolplanetemplates")
+KUBEADMCONFIGTEMPLATES = Ref(BOOTSTRAP, V1B1, "kubeadmconfigtemplates")
+VSPHERECLUSTERTEMPLATES = Ref(CAPV, V1B1, "vsphereclustertemplates")
+VSPHEREMACHINETEMPLATES = Ref(CAPV, V1B1, "vspheremachinetemplates")
 VMS = Ref(VMOP, "v1alpha5", "virtualmachines")
 VMSERVICES = Ref(VMOP, "v1alpha5", "virtualmachineservices")
 SECRETS = Ref("", "v1", "secrets")
@@ -63,6 +68,19 @@ SSH_SUFFIX = "-ssh"
 NODE_USER = "vmware-system-user"
 
 
+def plural_of(kind: str) -> str:
+    """The resource name of a kind, as Kubernetes' default pluralisation makes it
+    (StorageClass → storageclasses, NetworkPolicy → networkpolicies)."""
+    low = kind.lower()
+    if low in ("endpoints", "podsecuritypolicies"):
+        return low
+    if low.endswith(("s", "x", "z", "ch", "sh")):
+        return low + "es"
+    if low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return low[:-1] + "ies"
+    return low + "s"
+
+
 def ref_for(object_ref: Obj) -> Ref:
     """The Ref of a Kubernetes ObjectReference (apiVersion + kind) to one of our kinds."""
     api_version = str(object_ref.get("apiVersion") or "")
@@ -71,7 +89,7 @@ def ref_for(object_ref: Obj) -> Ref:
     if group not in (CAPI, BOOTSTRAP, CONTROLPLANE, CAPV, ADDONS) or not kind:
         raise errors.ApiError(422, "Invalid", f"{kind or 'a reference'} in {api_version!r} is "
                                               "not a kind this supervisor provides")
-    return Ref(group, version or V1B1, kind.lower() + "s")
+    return Ref(group, version or V1B1, plural_of(kind))
 
 
 def owner_reference(owner: Obj, controller: bool = True) -> Obj:
