@@ -42,6 +42,7 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
+from appliance.clusters.topology import OWNED, TEMPLATE_REFS
 from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
 from appliance.kinds.registry import Obj
 from appliance.resources import ResourceApi, get_or_none
@@ -219,6 +220,9 @@ class ClusterController(Controller):
         selector = f"{CLUSTER_NAME}={name}"
         for ref in (HEALTHCHECKS, KUBEADMCONFIGS, RESOURCESET_BINDINGS, SECRETS):
             for obj in listed(self.api, ref, ns, selector):
+                delete_quietly(self.api, ref, ns, obj["metadata"]["name"])
+        for ref in TEMPLATE_REFS:  # what the topology controller cloned for this cluster
+            for obj in listed(self.api, ref, ns, f"{selector},{OWNED}"):
                 delete_quietly(self.api, ref, ns, obj["metadata"]["name"])
         drop_finalizer(self.api, self.ref, cluster, FINALIZER)
         LOG.info("[%s/%s] cluster deleted", ns, name)

@@ -11,13 +11,17 @@ from appliance.clusters.healthcheck import MachineHealthCheckController
 from appliance.clusters.kubeadmconfig import KubeadmConfigController
 from appliance.clusters.machine import MachineController
 from appliance.clusters.resourceset import ClusterResourceSetController
+from appliance.clusters.tkc import TkcController
+from appliance.clusters.tkgclass import ShippedClassController
+from appliance.clusters.topology import TopologyController
 from appliance.clusters.vsphere import VSphereClusterController, VSphereMachineController
 from appliance.controllers.base import Controller
 from appliance.resources import ResourceApi
 
 
 def cluster_controllers(api: ResourceApi, run_dir: Path) -> list[Controller]:
-    """CAPI core, CABPK, KCP and CAPV's supervisor mode. ``run_dir`` holds the short-lived
+    """CAPI core, CABPK, KCP, CAPV's supervisor mode, and vSphere's TKG service on top
+    (TanzuKubernetesCluster, the shipped ClusterClass). ``run_dir`` holds the short-lived
     client credentials for guest clusters' APIs."""
     guests = run_dir / "guest-clusters"
     return [ClusterController(api), VSphereClusterController(api),
@@ -25,4 +29,5 @@ def cluster_controllers(api: ResourceApi, run_dir: Path) -> list[Controller]:
             MachineController(api, guests), VSphereMachineController(api),
             MachineSetController(api), MachineDeploymentController(api),
             MachineHealthCheckController(api, guests),
-            ClusterResourceSetController(api, guests)]
+            ClusterResourceSetController(api, guests), TopologyController(api),
+            TkcController(api), ShippedClassController(api)]
