@@ -563,9 +563,9 @@ class ObjectService:
         causes = [c for c in causes if c.reason != ADMISSION_WARNING]
         if causes:
             raise errors.invalid(kind.kind, kind.group, name, causes)
-        return warnings
         if kind.group == RBAC and MASTERS not in user.groups:
             self._check_escalation(txn, user, t, obj)
+        return warnings
 
     def _check_escalation(self, txn: WriteTxn, user: UserInfo, t: Target, obj: Obj) -> None:
         ns = t.namespace if t.kind.namespaced else ""
