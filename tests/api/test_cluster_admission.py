@@ -87,3 +87,40 @@ def test_unknown_fields_are_refused_with_strict_validation(kc: Kubectl, tmp_path
     path.write_text(json.dumps(obj))
     out = kc.run("apply", "--validate=strict", "-f", str(path), check=False)
     assert out.returncode != 0 and "controlPlaneEndpiont" in out.stderr
+
+
+def tkc(name: str, replicas: int = 1, tkr: str = "v1.31.4---pacific.1",
+        vm_class: str = "best-effort-xsmall", pods: str = "192.168.0.0/16") -> dict[str, Any]:
+    return {"apiVersion": "run.tanzu.vmware.com/v1alpha3", "kind": "TanzuKubernetesCluster",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"topology": {
+                "controlPlane": {"replicas": replicas, "vmClass": vm_class,
+                                 "storageClass": "gold", "tkr": {"reference": {"name": tkr}}},
+                "nodePools": [{"name": "workers", "replicas": 1, "vmClass": vm_class,
+                               "storageClass": "gold"}]},
+                "settings": {"network": {"pods": {"cidrBlocks": [pods]}}}}}
+
+
+def test_bad_tanzu_kubernetes_clusters(lab: LabServer, kc: Kubectl, tmp_path: Path) -> None:
+    """Unknown release or class, overlapping ranges, a control plane of 2, and scaling
+    the control plane down: refused by name, nothing stored. A release that exists but
+    is not Ready is accepted with a warning."""
+    lab.lab("class", "assign", "best-effort-xsmall", NS)
+    err = refused(kc, tkc("no-release", tkr="v1.99.0---pacific.1"), tmp_path)
+    assert 'TanzuKubernetesRelease "v1.99.0---pacific.1" not found' in err
+    err = refused(kc, tkc("no-class", vm_class="best-effort-8xlarge"), tmp_path)
+    assert 'VirtualMachineClass "best-effort-8xlarge" is not assigned to namespace' in err
+    # this build machine has no Kubernetes binaries: the release exists, not Ready
+    lab.lab("tkr", "build", "v1.31.4", check=False)
+    err = refused(kc, tkc("overlap", pods="198.18.0.0/16"), tmp_path)
+    assert "overlaps the lab's network" in err
+    err = refused(kc, tkc("two", replicas=2), tmp_path)
+    assert "spec.topology.controlPlane.replicas" in err
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps(tkc("three", replicas=3)))
+    out = kc.run("apply", "-f", str(path))
+    assert "is not Ready" in out.stderr  # kubectl prints the warning
+    out = kc.run("patch", "tkc", "three", "-n", NS, "--type=merge", "-p",
+                 '{"spec":{"topology":{"controlPlane":{"replicas":1}}}}', check=False)
+    assert out.returncode != 0 and "cannot be scaled down" in out.stderr
+    kc.run("delete", "tkc", "three", "-n", NS, "--wait=false")
