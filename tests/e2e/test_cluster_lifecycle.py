@@ -386,6 +386,80 @@ def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
     capi.kc.run("delete", "resourcequota", "nodes", "-n", capi.ns)
 
 
+TKC = "tkc-s"
+TKC_MACHINES = f"cluster.x-k8s.io/cluster-name={TKC}"
+
+
+def tkc_body(pool_class: str, pool_replicas: int) -> dict[str, Any]:
+    return {"apiVersion": "run.tanzu.vmware.com/v1alpha3", "kind": "TanzuKubernetesCluster",
+            "metadata": {"name": TKC},
+            "spec": {"topology": {
+                "controlPlane": {"replicas": 1, "vmClass": "pacific-tiny",
+                                 "storageClass": "gold",
+                                 "tkr": {"reference": {"name": "v1.31.4---pacific.1"}}},
+                "nodePools": [{"name": "workers", "replicas": pool_replicas,
+                               "vmClass": pool_class, "storageClass": "gold"}]}}}
+
+
+def tkc_machines(capi: Lab, pool: bool) -> list[dict[str, Any]]:
+    return [m for m in capi.machines(TKC_MACHINES)
+            if (CP in (m["metadata"].get("labels") or {})) != pool]
+
+
+def test_a_tkc_becomes_ready_scales_and_rolls_its_pool(capi: Lab) -> None:
+    """The whole TKG stack on the stand-in guest API: TKC → Cluster on the shipped
+    ClusterClass → KCP and MachineDeployment → machines whose nodes register → Ready;
+    then a node pool scaled, then rolled by a new VM class."""
+    capi.lab.lab("tkr", "import", "v1.31.4", "--image", "blank")
+    capi.kc.apply_objects([{
+        "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineClass",
+        "metadata": {"name": "pacific-tiny-2", "namespace": "vmware-system-vmop"},
+        "spec": {"hardware": {"cpus": 1, "memory": "160Mi"}}}], capi.tmp / "tiny2.yaml")
+    capi.lab.lab("class", "assign", "pacific-tiny-2", capi.ns)
+    stand_in = capi.guest.kubeconfig(capi.tmp / "guest-tkc.kubeconfig",
+                                     capi.guest.admin_token())
+    capi.kc.apply_objects([{
+        "apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+        "metadata": {"name": f"{TKC}-kubeconfig",
+                     "labels": {"cluster.x-k8s.io/cluster-name": TKC}},
+        "data": {"value": base64.b64encode(stand_in.read_bytes()).decode()}},
+        tkc_body("pacific-tiny", 1)], capi.tmp / "tkc.yaml")
+
+    def ready() -> dict[str, Any] | None:
+        capi.register_nodes(TKC_MACHINES)
+        tkc = capi.get("tkc", TKC) or {}
+        conds = {c["type"]: c for c in (tkc.get("status") or {}).get("conditions") or []}
+        return tkc if conds.get("Ready", {}).get("status") == "True" else None
+    tkc = wait_for("the TKC Ready", ready, 300, 2.0,
+                   describe=lambda: json.dumps((capi.get("tkc", TKC) or {}).get("status")))
+    assert tkc["status"]["phase"] == "running"
+    assert len(tkc_machines(capi, pool=False)) == 1 and len(tkc_machines(capi, pool=True)) == 1
+    printed = capi.kc.run("get", "tkc", TKC, "-n", capi.ns).stdout.splitlines()[1].split()
+    assert printed[:4] == [TKC, "1", "1", "v1.31.4---pacific.1"] and "True" in printed
+
+    # Scale the pool to 2.
+    capi.kc.apply_objects([tkc_body("pacific-tiny", 2)], capi.tmp / "tkc.yaml")
+    wait_for("2 pool machines with nodes", lambda: capi.register_nodes(TKC_MACHINES) is not None
+             and len([m for m in tkc_machines(capi, pool=True)
+                      if m["status"].get("nodeRef")]) == 2, 180, 2.0)
+    first = {m["metadata"]["name"] for m in tkc_machines(capi, pool=True)}
+
+    # A new VM class for the pool rolls its machines (a new template, a new MachineSet).
+    capi.kc.apply_objects([tkc_body("pacific-tiny-2", 2)], capi.tmp / "tkc.yaml")
+
+    def rolled() -> bool:
+        capi.register_nodes(TKC_MACHINES)
+        pool = tkc_machines(capi, pool=True)
+        return len(pool) == 2 and not {m["metadata"]["name"] for m in pool} & first and \
+            all(m["status"].get("nodeRef") for m in pool)
+    wait_for("the pool rolled to the new class", rolled, 300, 2.0,
+             describe=lambda: str([m["metadata"]["name"] for m in tkc_machines(capi, True)]))
+    vms = {v["metadata"]["name"]: v for v in capi.items("virtualmachines")}
+    for m in tkc_machines(capi, pool=True):
+        assert vms[m["metadata"]["name"]]["spec"]["className"] == "pacific-tiny-2"
+    wait_for("the TKC Ready again", ready, 120, 2.0)
+
+
 def test_deleting_the_namespace_removes_its_clusters(capi: Lab) -> None:
     """The namespace goes with everything in it at once; the cluster's finalizers still
     take every VM and domain with them."""
