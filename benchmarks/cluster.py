@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appliance.network.config import NetworkConfig  # noqa: E402
-from appliance.network.controllers import remove_host_network  # noqa: E402
-from appliance.settings import load_settings  # noqa: E402
 from hypervisor.hostfacts import detect_accelerator  # noqa: E402
-from tests.support.server import LabServer  # noqa: E402
+from tests.support.server import network_lab  # noqa: E402
 
 NS = "bench"
 BOOT_TIMEOUT = 900
@@ -128,21 +122,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     accel, why = detect_accelerator()
-    tag = "b" + "".join(random.choice("abcdefghij") for _ in range(2))
-    octet = random.randrange(0, 16)
-    base = Path(tempfile.mkdtemp(prefix="pacific-bench-cluster-", dir="/var/tmp"))
-    base.chmod(0o711)
-    env = {"LAB_NETWORK_ENABLED": "true", "LAB_NETWORK_TAG": tag,
-           "LAB_NETWORK_BRIDGE": f"{tag}-int",
-           "LAB_NETWORK_POOL_CIDR": f"198.18.{16 + octet}.0/24",
-           "LAB_NETWORK_INGRESS_CIDR": f"198.18.{48 + octet}.0/26",
-           "LAB_NETWORK_CLUSTER_IP_CIDR": f"198.18.{48 + octet}.64/26"}
-    lab = LabServer(base / "state",
-                    extra_env={**env, "LAB_CACHE_DIR": "/var/cache/pacific-lab"})
-    settings = load_settings(environ=env, state_dir=base / "state")
-    lab.start()
-    try:
-        lab.lab("image", "build", "debian-12")
+    with network_lab("bench-cluster") as net:
+        lab = net.server
         subprocess.run(["kubectl", "--kubeconfig", str(lab.admin_kubeconfig), "create",
                         "namespace", NS], check=True, capture_output=True)
         lab.lab("image", "assign", "debian-12", NS)
@@ -153,11 +134,6 @@ def main() -> None:
         result = {"accelerator": accel, "kvm_error": why,
                   "vm_apply_to_ssh_s": round(baseline, 2), "cluster": figures,
                   "cluster_to_vm_ratio": round(figures["apply_to_both_ssh_s"] / baseline, 2)}
-    finally:
-        lab.stop()
-        lab.remove_leftovers()
-        remove_host_network(settings, NetworkConfig.from_settings(settings))
-        shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import random
-import shutil
 import socket
-import string
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +15,11 @@ import pytest
 import yaml
 
 from appliance.network.config import NetworkConfig
-from appliance.network.controllers import remove_host_network
-from appliance.settings import load_settings
 from hypervisor import ovs
 from hypervisor.ssh import generate_keypair, run_command
 from tests.e2e.conftest import kubeconfig_for
 from tests.support.kubectl import Kubectl
-from tests.support.server import LabServer
+from tests.support.server import LabServer, network_lab
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -36,32 +30,8 @@ BOOT_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def netlab() -> Iterator[tuple[LabServer, NetworkConfig, str]]:
-    tag = "v" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
-    base = Path(tempfile.mkdtemp(prefix=f"pacific-netvm-{tag}-", dir="/var/tmp"))
-    base.chmod(0o711)
-    env = {"LAB_CACHE_DIR": "/var/cache/pacific-lab", "LAB_NETWORK_ENABLED": "true",
-           "LAB_NETWORK_TAG": tag, "LAB_NETWORK_BRIDGE": f"{tag}-int",
-           "LAB_NETWORK_POOL_CIDR": f"198.18.{16 + octet}.0/24",
-           "LAB_NETWORK_INGRESS_CIDR": f"198.18.{48 + octet}.0/26",
-           "LAB_NETWORK_CLUSTER_IP_CIDR": f"198.18.{48 + octet}.64/26"}
-    server = LabServer(base / "state", extra_env=env)
-    settings = load_settings(environ={k: v for k, v in env.items() if k != "LAB_CACHE_DIR"},
-                             state_dir=base / "state")
-    config = NetworkConfig.from_settings(settings)
-    server.start()
-    try:
-        proc = server.lab("image", "build", "debian-12", check=False)
-        assert proc.returncode == 0, proc.stderr
-        yield server, config, f"netvm-{tag}"
-    finally:
-        server.stop()
-        print(server.log_tail(60))
-        try:
-            server.remove_leftovers()
-            remove_host_network(settings, config)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    with network_lab("vm") as net:
+        yield net.server, net.config, f"netvm-{net.tag}"
 
 
 def test_vm_on_its_namespace_network(netlab: tuple[LabServer, NetworkConfig, str],

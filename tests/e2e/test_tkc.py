@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import random
-import shutil
-import string
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.network.config import NetworkConfig
-from appliance.network.controllers import remove_host_network
-from appliance.settings import load_settings
 from tests.e2e.conftest import kubeconfig_for
 from tests.support.kubectl import Kubectl
-from tests.support.server import LabServer
+from tests.support.server import LabServer, network_lab
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -82,42 +75,18 @@ def manifest() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tkc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tkc]:
-    tag = "t" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
-    base = Path(tempfile.mkdtemp(prefix=f"pacific-tkc-{tag}-", dir="/var/tmp"))
-    base.chmod(0o711)
-    env = {"LAB_CACHE_DIR": "/var/cache/pacific-lab", "LAB_NETWORK_ENABLED": "true",
-           "LAB_NETWORK_TAG": tag, "LAB_NETWORK_BRIDGE": f"{tag}-int",
-           "LAB_NETWORK_POOL_CIDR": f"198.18.{16 + octet}.0/24",
-           "LAB_NETWORK_INGRESS_CIDR": f"198.18.{48 + octet}.0/26",
-           "LAB_NETWORK_CLUSTER_IP_CIDR": f"198.18.{48 + octet}.64/26"}
-    server = LabServer(base / "state", extra_env=env)
-    settings = load_settings(environ={k: v for k, v in env.items() if k != "LAB_CACHE_DIR"},
-                             state_dir=base / "state")
-    config = NetworkConfig.from_settings(settings)
     tmp = tmp_path_factory.mktemp("tkc")
-    server.start()
-    try:
-        proc = server.lab("image", "build", "debian-12", check=False)
-        assert proc.returncode == 0, proc.stderr
-        server.lab("tkr", "import", "v1.31.4", "--image", "debian-12")
-        ns = f"tkg-{tag}"
-        kc = Kubectl(KUBECTL, kubeconfig_for(server, tmp, ns), tmp / "cache")
+    with network_lab("tkc") as net:
+        net.server.lab("tkr", "import", "v1.31.4", "--image", "debian-12")
+        ns = f"tkg-{net.tag}"
+        kc = Kubectl(KUBECTL, kubeconfig_for(net.server, tmp, ns), tmp / "cache")
         kc.run("create", "namespace", ns)
-        server.lab("class", "assign", "best-effort-xsmall", ns)
+        net.server.lab("class", "assign", "best-effort-xsmall", ns)
         wait_for("the tanzukubernetescluster ClusterClass shipped", lambda: kc.run(
             "get", "clusterclass", "tanzukubernetescluster", "-n", ns, check=False
         ).returncode == 0, 60, 1.0)
         kc.apply_objects([manifest()], tmp / "tkc.yaml")
-        yield Tkc(server, ns, kc, tmp)
-    finally:
-        server.stop()
-        print(server.log_tail(80))
-        try:
-            server.remove_leftovers()
-            remove_host_network(settings, config)
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+        yield Tkc(net.server, ns, kc, tmp)
 
 
 def test_a_tkc_expands_into_cluster_api_objects_and_vms(tkc: Tkc) -> None:

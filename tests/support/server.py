@@ -14,6 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +183,58 @@ class LabServer:
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
         return path
+
+
+@dataclass
+class NetworkLab:
+    """A host service with namespace networks on (OVS, dnsmasq, HAProxy) on a bridge and
+    address ranges of its own, so that it never meets another test's network."""
+
+    server: LabServer
+    config: Any  # appliance.network.config.NetworkConfig
+    tag: str
+
+
+@contextmanager
+def network_lab(prefix: str, extra_env: dict[str, str] | None = None,
+                with_image: bool = True) -> Iterator[NetworkLab]:
+    """Start a :class:`LabServer` with namespace networks (and the debian-12 image in its
+    library, from the cache); on the way out stop it and remove its domains, its pool
+    and everything its networks put on the host."""
+    import random
+    import shutil
+    import string
+    import tempfile
+
+    from appliance.network.config import NetworkConfig
+    from appliance.network.controllers import remove_host_network
+    from appliance.settings import load_settings
+
+    tag = prefix[0] + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
+    octet = random.randrange(0, 16)
+    base = Path(tempfile.mkdtemp(prefix=f"pacific-{prefix}-{tag}-", dir="/var/tmp"))
+    base.chmod(0o711)  # QEMU (libvirt-qemu) must reach the disks below
+    env = {"LAB_NETWORK_ENABLED": "true", "LAB_NETWORK_TAG": tag,
+           "LAB_NETWORK_BRIDGE": f"{tag}-int",
+           "LAB_NETWORK_POOL_CIDR": f"198.18.{16 + octet}.0/24",
+           "LAB_NETWORK_INGRESS_CIDR": f"198.18.{48 + octet}.0/26",
+           "LAB_NETWORK_CLUSTER_IP_CIDR": f"198.18.{48 + octet}.64/26"}
+    server = LabServer(base / "state", extra_env={
+        **env, "LAB_CACHE_DIR": os.environ.get("LAB_CACHE_DIR", "/var/cache/pacific-lab"),
+        **(extra_env or {})})
+    settings = load_settings(environ=env, state_dir=base / "state")
+    config = NetworkConfig.from_settings(settings)
+    server.start()
+    try:
+        if with_image:
+            proc = server.lab("image", "build", "debian-12", check=False)
+            assert proc.returncode == 0, proc.stderr
+        yield NetworkLab(server, config, tag)
+    finally:
+        server.stop()
+        print(server.log_tail(80))
+        try:
+            server.remove_leftovers()
+            remove_host_network(settings, config)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
