@@ -71,11 +71,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = N
     security.init_app(app)
     filters.init_app(app)
 
-    from web.views import auth, hosts, namespaces, objects, users, workloads
+    from web.views import auth, clusters, hosts, namespaces, objects, users, workloads
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(namespaces.bp)
     app.register_blueprint(workloads.bp)
+    app.register_blueprint(clusters.bp)
     app.register_blueprint(objects.bp)
     app.register_blueprint(hosts.bp)
     app.register_blueprint(users.bp)

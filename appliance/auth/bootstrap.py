@@ -96,8 +96,12 @@ def cluster_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
                 agent.append(_rule([kind.group], [f"{kind.plural}/status"], ["get", "update",
                                                                               "patch"]))
     roles[HOST_AGENT] = agent
+    # What every signed-in user may read, as on vSphere: the cluster-wide images and
+    # the Kubernetes releases (`kubectl get tkr`) with their OS images.
     roles["pacific:image-viewer"] = [_rule(["vmoperator.vmware.com"],
-                                           ["clustervirtualmachineimages"], READ)]
+                                           ["clustervirtualmachineimages"], READ),
+                                     _rule(["run.tanzu.vmware.com"],
+                                           ["tanzukubernetesreleases", "osimages"], READ)]
     return roles
 
 

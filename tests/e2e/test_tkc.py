@@ -171,6 +171,8 @@ def test_viewers_get_no_kubeconfig_and_no_ssh(tkc: Tkc, tmp_path: Path) -> None:
                        kubeconfig=kubeconfig)
     assert out.returncode != 0 and "forbidden" in out.stderr
     assert tkc.kc.as_user(kubeconfig).run("get", "tkc", NAME, "-n", tkc.ns).returncode == 0
+    # every signed-in user reads the releases, as on vSphere
+    assert RELEASE in tkc.kc.as_user(kubeconfig).run("get", "tkr").stdout
 
 
 def test_deleting_the_tkc_leaves_nothing(tkc: Tkc) -> None:

@@ -21,6 +21,7 @@ from appliance.kinds.vmop import GROUP as VMOP
 from appliance.store.models import User
 from appliance.util.quantity import QuantityError, parse_quantity
 from web.filters import usage_rows
+from web import tkc as guest
 from web.forms import LIMIT_FIELDS, Form, limit_display, name_problem, parse_limits
 from web.lab import QUOTA_NAME
 from web.security import is_live_request, login_required
@@ -77,6 +78,7 @@ def _api_server() -> str:
 def _perms(ns: str) -> dict[str, bool]:
     checks = {
         "create_vm": ("create", VMOP, "virtualmachines"),
+        "create_cluster": ("create", guest.TANZU, guest.TKCS),
         "limits": ("update", "", "resourcequotas"),
         "limits_create": ("create", "", "resourcequotas"),
         "grant": ("create", RBAC, "rolebindings"),
@@ -90,7 +92,14 @@ def _perms(ns: str) -> dict[str, bool]:
     out = {k: v in allowed for k, v in checks.items()}
     out["delete"] = lab().can(user(), "delete", "", "namespaces", "", ns)
     out["settings"] = any(out[k] for k in ("limits", "grant", "classes", "images"))
+    out["create_cluster"] = out["create_cluster"] and guest.tkc_registered(lab())
     return out
+
+
+def clusters_context(ns: str) -> dict[str, Any]:
+    """The namespace page's guest clusters (its live part ``clusters``)."""
+    return {"clusters": guest.summaries(lab(), user(), ns),
+            "clusters_registered": guest.tkc_registered(lab())}
 
 
 def overview_context(ns: str) -> dict[str, Any]:
@@ -183,15 +192,18 @@ def show(ns: str) -> str:
     return render_template("namespace.html", namespace=namespace, ns=ns, perms=_perms(ns),
                            roles=_my_roles(ns), api_server=_api_server(),
                            token_hours=round(lab().settings.token_ttl_seconds / 3600),
-                           pods_registered=lab().kind("", "pods") is not None, **ctx)
+                           pods_registered=lab().kind("", "pods") is not None,
+                           **clusters_context(ns), **ctx)
 
 
 @bp.get("/ns/<ns>/live/<part>")
 @login_required
 def live(ns: str, part: str) -> str:
-    if part not in ("workloads", "usage", "events"):
+    if part not in ("workloads", "usage", "events", "clusters"):
         abort(404)
     _namespace(ns)
+    if part == "clusters":
+        return render_template("parts/ns_clusters.html", ns=ns, **clusters_context(ns))
     ctx = overview_context(ns)
     return render_template(f"parts/ns_{part}.html", ns=ns,
                            pods_registered=lab().kind("", "pods") is not None, **ctx)
