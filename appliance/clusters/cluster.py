@@ -37,6 +37,7 @@ from appliance.clusters.objects import (
     listed,
     mark,
     owner_reference,
+    record,
     ref_for,
     summary,
     transition,
@@ -51,6 +52,9 @@ from hypervisor.ssh import generate_keypair
 LOG = logging.getLogger(__name__)
 
 FINALIZER = "cluster.cluster.x-k8s.io"
+#: The conditions this controller writes; others on a Cluster belong to other controllers.
+OWN_CONDITIONS = frozenset({"Ready", "InfrastructureReady", "ControlPlaneInitialized",
+                            "ControlPlaneReady"})
 
 
 def belongs(obj: Obj, cluster: str) -> bool:
@@ -128,14 +132,18 @@ class ClusterController(Controller):
                 status["phase"] = "Pending"
             status["observedGeneration"] = meta.get("generation")
         finally:
-            status["conditions"] = conditions
+            # Conditions of other controllers (the topology controller's
+            # TopologyReconciled) are kept as they are now, not as they were read: a
+            # merge patch replaces the whole list.
+            fresh = get_or_none(self.api, self.ref, ns, meta["name"]) or cluster
+            status["conditions"] = [c for c in conditions if c["type"] in OWN_CONDITIONS] + [
+                c for c in (fresh.get("status") or {}).get("conditions") or []
+                if c["type"] not in OWN_CONDITIONS]
             old = cluster
-            cluster = write_status(self.api, self.ref, cluster, status)
+            cluster = write_status(self.api, self.ref, fresh, status)
             for t in ("InfrastructureReady", "ControlPlaneInitialized", "ControlPlaneReady"):
                 transition(self.api, cluster, old, conditions, t)
             if (old.get("status") or {}).get("phase") != status.get("phase"):
-                from appliance.clusters.objects import record
-
                 record(self.api, cluster, "Normal", status.get("phase") or "Pending",
                        f"Cluster {meta['name']} is {status.get('phase')}")
         return None if is_true(cluster, "Ready") else 5.0
