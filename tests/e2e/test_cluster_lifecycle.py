@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-import random
-import shutil
-import string
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,14 +26,10 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 
-from appliance.network.config import NetworkConfig
-from appliance.network.controllers import remove_host_network
-from appliance.settings import load_settings
 from tests.e2e.conftest import kubeconfig_for
 from tests.support.kubectl import Kubectl
-from tests.support.server import LabServer
+from tests.support.server import LabServer, network_lab
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -113,56 +105,38 @@ def blank_image(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def capi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tag = "m" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
-    base = Path(tempfile.mkdtemp(prefix=f"pacific-capi-{tag}-", dir="/var/tmp"))
-    base.chmod(0o711)
-    env = {"LAB_NETWORK_ENABLED": "true", "LAB_NETWORK_TAG": tag,
-           "LAB_NETWORK_BRIDGE": f"{tag}-int",
-           "LAB_NETWORK_POOL_CIDR": f"198.18.{16 + octet}.0/24",
-           "LAB_NETWORK_INGRESS_CIDR": f"198.18.{48 + octet}.0/26",
-           "LAB_NETWORK_CLUSTER_IP_CIDR": f"198.18.{48 + octet}.64/26"}
-    lab = LabServer(base / "state", extra_env=env)
-    guest = LabServer(base / "guest-stand-in")
-    settings = load_settings(environ=env, state_dir=base / "state")
-    config = NetworkConfig.from_settings(settings)
     tmp = tmp_path_factory.mktemp("capi")
-    lab.start()
-    guest.start()
-    try:
-        ns = f"capi-{tag}"
-        kc = Kubectl(KUBECTL, kubeconfig_for(lab, tmp, ns), tmp / "cache")
-        kc.run("create", "namespace", ns)
-        proc = lab.lab("image", "import", str(blank_image(tmp / "blank.qcow2")), "--name",
-                       "blank", check=False)
-        assert proc.returncode == 0, proc.stderr
-        lab.lab("image", "assign", "blank", ns)
-        tiny = tmp / "tiny.yaml"
-        tiny.write_text(yaml.safe_dump({
-            "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineClass",
-            "metadata": {"name": "pacific-tiny", "namespace": "vmware-system-vmop"},
-            "spec": {"hardware": {"cpus": 1, "memory": "192Mi"}}}))
-        kc.run("apply", "-f", str(tiny))
-        lab.lab("class", "assign", "pacific-tiny", ns)
-        # The cluster's kubeconfig, pointing at the stand-in (the supervisor keeps a
-        # kubeconfig Secret it finds, as CAPI does).
-        stand_in = guest.kubeconfig(tmp / "guest.kubeconfig", guest.admin_token())
-        kc.apply_objects([{
-            "apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
-            "metadata": {"name": f"{CLUSTER}-kubeconfig",
-                         "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
-            "data": {"value": base64.b64encode(stand_in.read_bytes()).decode()}},
-            *manifests()], tmp / "cluster.yaml")
-        yield Lab(lab, guest, ns, kc, tmp)
-    finally:
-        lab.stop()
-        guest.stop()
-        print(lab.log_tail(80))
+    # The machines' VMs never boot an OS (blank disks), so they may be packed densely:
+    # a control plane of 3, rolling pools and a TKC on a 2-core host.
+    with network_lab("mcapi", {"LAB_CPU_ALLOCATION_RATIO": "32"}, with_image=False) as net:
+        lab = net.server
+        guest = LabServer(lab.state_dir.parent / "guest-stand-in")
+        guest.start()
         try:
-            lab.remove_leftovers()
-            remove_host_network(settings, config)
+            ns = f"capi-{net.tag}"
+            kc = Kubectl(KUBECTL, kubeconfig_for(lab, tmp, ns), tmp / "cache")
+            kc.run("create", "namespace", ns)
+            proc = lab.lab("image", "import", str(blank_image(tmp / "blank.qcow2")),
+                           "--name", "blank", check=False)
+            assert proc.returncode == 0, proc.stderr
+            lab.lab("image", "assign", "blank", ns)
+            kc.apply_objects([{
+                "apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachineClass",
+                "metadata": {"name": "pacific-tiny", "namespace": "vmware-system-vmop"},
+                "spec": {"hardware": {"cpus": 1, "memory": "192Mi"}}}], tmp / "tiny.yaml")
+            lab.lab("class", "assign", "pacific-tiny", ns)
+            # The cluster's kubeconfig, pointing at the stand-in (the supervisor keeps a
+            # kubeconfig Secret it finds, as CAPI does).
+            stand_in = guest.kubeconfig(tmp / "guest.kubeconfig", guest.admin_token())
+            kc.apply_objects([{
+                "apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+                "metadata": {"name": f"{CLUSTER}-kubeconfig",
+                             "labels": {"cluster.x-k8s.io/cluster-name": CLUSTER}},
+                "data": {"value": base64.b64encode(stand_in.read_bytes()).decode()}},
+                *manifests()], tmp / "cluster.yaml")
+            yield Lab(lab, guest, ns, kc, tmp)
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            guest.stop()
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -384,6 +358,8 @@ def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
                          "reason=VMCreationFailed", "-o", "json").stdout
     assert "exceeded quota" in events
     capi.kc.run("delete", "resourcequota", "nodes", "-n", capi.ns)
+    capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
+                '{"spec":{"replicas":1}}')
 
 
 TKC = "tkc-s"
