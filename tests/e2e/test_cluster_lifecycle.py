@@ -235,7 +235,7 @@ def test_control_plane_scales_1_to_3_one_join_at_a_time(capi: Lab) -> None:
         capi.register_nodes(CP)
         time.sleep(1.0)
     cps = capi.machines(CP)
-    assert len(cps) == 3 and all(m["status"].get("nodeRef") for m in cps)
+    assert len(cps) == 3 and all((m.get("status") or {}).get("nodeRef") for m in cps)
     assert seen_without_node == 1
     kcp = wait_for("KCP 3 ready", lambda: (capi.get("kcp", CLUSTER) or {}).get("status", {})
                    .get("readyReplicas") == 3 and capi.get("kcp", CLUSTER), 60, 1.0)
@@ -261,7 +261,7 @@ def test_machine_deployment_scales_and_rolls_out(capi: Lab) -> None:
     def two_workers() -> list[dict[str, Any]] | None:
         capi.register_nodes(WORKERS)
         ms = capi.machines(WORKERS)
-        return ms if len(ms) == 2 and all(m["status"].get("nodeRef") for m in ms) else None
+        return ms if len(ms) == 2 and all((m.get("status") or {}).get("nodeRef") for m in ms) else None
     first = {m["metadata"]["name"] for m in wait_for("2 workers", two_workers, 180, 2.0)}
     # Rollout: a new template; maxSurge 1 / maxUnavailable 0 (the defaults).
     capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
@@ -308,7 +308,7 @@ def test_health_check_remediates_within_max_unhealthy(capi: Lab) -> None:
     capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
                 '{"spec":{"replicas":2}}')
     wait_for("2 workers with nodes", lambda: capi.register_nodes(WORKERS) is not None and len(
-        [m for m in capi.machines(WORKERS) if m["status"].get("nodeRef")]) == 2, 180, 2.0)
+        [m for m in capi.machines(WORKERS) if (m.get("status") or {}).get("nodeRef")]) == 2, 180, 2.0)
     a, b = sorted(m["metadata"]["name"] for m in capi.machines(WORKERS))
     # Two unhealthy with maxUnhealthy 1: nothing is remediated, and it says why.
     capi.node_ready(a, False)
@@ -417,7 +417,7 @@ def test_a_tkc_becomes_ready_scales_and_rolls_its_pool(capi: Lab) -> None:
     capi.kc.apply_objects([tkc_body("pacific-tiny", 2)], capi.tmp / "tkc.yaml")
     wait_for("2 pool machines with nodes", lambda: capi.register_nodes(TKC_MACHINES) is not None
              and len([m for m in tkc_machines(capi, pool=True)
-                      if m["status"].get("nodeRef")]) == 2, 180, 2.0)
+                      if (m.get("status") or {}).get("nodeRef")]) == 2, 180, 2.0)
     first = {m["metadata"]["name"] for m in tkc_machines(capi, pool=True)}
 
     # A new VM class for the pool rolls its machines (a new template, a new MachineSet).
@@ -427,7 +427,7 @@ def test_a_tkc_becomes_ready_scales_and_rolls_its_pool(capi: Lab) -> None:
         capi.register_nodes(TKC_MACHINES)
         pool = tkc_machines(capi, pool=True)
         return len(pool) == 2 and not {m["metadata"]["name"] for m in pool} & first and \
-            all(m["status"].get("nodeRef") for m in pool)
+            all((m.get("status") or {}).get("nodeRef") for m in pool)
     wait_for("the pool rolled to the new class", rolled, 300, 2.0,
              describe=lambda: str([m["metadata"]["name"] for m in tkc_machines(capi, True)]))
     vms = {v["metadata"]["name"]: v for v in capi.items("virtualmachines")}
