@@ -143,7 +143,12 @@ class TkcController(Controller):
                 "variables": {"overrides": [
                     {"name": "vmClass", "value": pool.get("vmClass") or cp.get("vmClass") or ""},
                     {"name": "storageClass",
-                     "value": pool.get("storageClass") or cp.get("storageClass") or ""}]}})
+                     "value": pool.get("storageClass") or cp.get("storageClass") or ""},
+                    {"name": "nodeLabels", "value": ",".join(
+                        f"{k}={v}" for k, v in sorted((pool.get("labels") or {}).items()))},
+                    {"name": "nodeTaints", "value": [
+                        {k: t[k] for k in ("key", "value", "effect") if t.get(k) is not None}
+                        for t in pool.get("taints") or []]}]}})
         cluster_network: Obj = {"serviceDomain": network.get("serviceDomain") or "cluster.local"}
         for key in ("pods", "services"):
             blocks = (network.get(key) or {}).get("cidrBlocks")

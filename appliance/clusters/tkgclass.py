@@ -91,7 +91,14 @@ def shipped_objects() -> list[Obj]:
                  {"name": "storageClass", "required": False,
                   "schema": {"openAPIV3Schema": {"type": "string", "default": ""}}},
                  {"name": "imageName", "required": True,
-                  "schema": {"openAPIV3Schema": {"type": "string", "minLength": 1}}}],
+                  "schema": {"openAPIV3Schema": {"type": "string", "minLength": 1}}},
+                 {"name": "nodeLabels", "required": False,
+                  "schema": {"openAPIV3Schema": {"type": "string", "default": ""}}},
+                 {"name": "nodeTaints", "required": False,
+                  "schema": {"openAPIV3Schema": {"type": "array", "default": [], "items": {
+                      "type": "object", "properties": {
+                          "key": {"type": "string"}, "value": {"type": "string"},
+                          "effect": {"type": "string"}}}}}}],
              "patches": [{"name": "machine", "definitions": [{
                  "selector": selected,
                  "jsonPatches": [
@@ -100,7 +107,18 @@ def shipped_objects() -> list[Obj]:
                      {"op": "replace", "path": "/spec/template/spec/imageName",
                       "valueFrom": {"variable": "imageName"}},
                      {"op": "add", "path": "/spec/template/spec/storageClass",
-                      "valueFrom": {"variable": "storageClass"}}]}]}]}},
+                      "valueFrom": {"variable": "storageClass"}}]}]},
+                 {"name": "node-pool-labels-and-taints", "definitions": [{
+                     "selector": {"apiVersion": boot, "kind": "KubeadmConfigTemplate",
+                                  "matchResources": {"machineDeploymentClass": {
+                                      "names": [POOL_CLASS]}}},
+                     "jsonPatches": [
+                         {"op": "add", "path": "/spec/template/spec/joinConfiguration/"
+                                               "nodeRegistration/kubeletExtraArgs/node-labels",
+                          "valueFrom": {"variable": "nodeLabels"}},
+                         {"op": "add", "path": "/spec/template/spec/joinConfiguration/"
+                                               "nodeRegistration/taints",
+                          "valueFrom": {"variable": "nodeTaints"}}]}]}]}},
     ]
 
 

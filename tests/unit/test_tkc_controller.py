@@ -89,8 +89,8 @@ def converge(api: LocalApi) -> None:
 def test_the_shipped_class_is_valid_and_shipped_once(api: LocalApi) -> None:
     converge(api)
     cc = api.get(CLUSTERCLASSES, NS, CLASS_NAME)
-    assert [v["name"] for v in cc["spec"]["variables"]] == ["vmClass", "storageClass",
-                                                           "imageName"]
+    assert [v["name"] for v in cc["spec"]["variables"]] == [
+        "vmClass", "storageClass", "imageName", "nodeLabels", "nodeTaints"]
     def versions() -> dict[str, str]:
         return {o["kind"]: api.get(ref_for(o), NS, o["metadata"]["name"])["metadata"][
             "resourceVersion"] for o in shipped_objects()}
@@ -166,3 +166,20 @@ def test_deleting_the_tkc_deletes_its_cluster(api: LocalApi) -> None:
     controller.reconcile(api.get(TKCS, NS, "tkc-1"))
     cluster: Any = get_or_none(api, CLUSTERS, NS, "tkc-1")
     assert cluster is None or cluster["metadata"].get("deletionTimestamp")
+
+
+def test_pool_labels_and_taints_reach_the_kubelet_registration(api: LocalApi) -> None:
+    from appliance.clusters.objects import KUBEADMCONFIGTEMPLATES
+
+    api.create(TKCS, NS, tkc([{"name": "gpu", "replicas": 1, "vmClass": "best-effort-small",
+                               "storageClass": "gold", "labels": {"tier": "gpu", "a": "b"},
+                               "taints": [{"key": "gpu", "value": "yes",
+                                           "effect": "NoSchedule"}]}]))
+    converge(api)
+    md = api.list(MACHINEDEPLOYMENTS, NS)[0][0]
+    ref = md["spec"]["template"]["spec"]["bootstrap"]["configRef"]["name"]
+    join = api.get(KUBEADMCONFIGTEMPLATES, NS, ref)["spec"]["template"]["spec"][
+        "joinConfiguration"]["nodeRegistration"]
+    assert join["kubeletExtraArgs"]["node-labels"] == "a=b,tier=gpu"
+    assert join["taints"] == [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]
+    assert join["kubeletExtraArgs"]["cloud-provider"] == "external"  # the class's own
