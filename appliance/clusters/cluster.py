@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 from appliance.clusters.objects import (
     CAPI,
     CLUSTER_NAME,
-    CLUSTERS,
+    CONTROLPLANES,
     HEALTHCHECKS,
     KUBEADMCONFIGS,
     MACHINEDEPLOYMENTS,
@@ -30,6 +31,7 @@ from appliance.clusters.objects import (
     SECRETS,
     SSH_SUFFIX,
     V1B1,
+    VSPHERECLUSTERS,
     controller_of,
     create_or_get,
     delete_quietly,
@@ -44,9 +46,9 @@ from appliance.clusters.objects import (
     write_status,
 )
 from appliance.clusters.topology import OWNED, TEMPLATE_REFS
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
-from appliance.resources import ResourceApi, get_or_none
+from appliance.resources import Ref, ResourceApi, get_or_none
 from hypervisor.ssh import generate_keypair
 
 LOG = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class ClusterController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(VSPHERECLUSTERS, owners("Cluster")), (CONTROLPLANES, owners("Cluster"))]
 
     def reconcile(self, cluster: Obj) -> float | None:
         if cluster["metadata"].get("deletionTimestamp"):
@@ -236,5 +241,3 @@ class ClusterController(Controller):
         LOG.info("[%s/%s] cluster deleted", ns, name)
         return None
 
-
-__all__ = ["ClusterController", "CLUSTERS", "FINALIZER"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 from appliance.clusters.credentials import ensure_certificates, ensure_kubeconfig
 from appliance.clusters.machines import (
@@ -41,9 +42,9 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
-from appliance.resources import ResourceApi, get_or_none
+from appliance.resources import Ref, ResourceApi, get_or_none
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class KubeadmControlPlaneController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        def control_plane_of(cluster: Obj) -> list[tuple[str, str]]:
+            ref = (cluster.get("spec") or {}).get("controlPlaneRef") or {}
+            return [(cluster["metadata"]["namespace"], ref["name"])] if ref.get("name") else []
+        return [(MACHINES, owners("KubeadmControlPlane")), (CLUSTERS, control_plane_of)]
 
     def machines(self, kcp: Obj) -> list[Obj]:
         ns = kcp["metadata"]["namespace"]

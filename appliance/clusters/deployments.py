@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from appliance.clusters.machines import (
@@ -40,9 +41,9 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
-from appliance.resources import ResourceApi
+from appliance.resources import Ref, ResourceApi
 from appliance.util.timefmt import parse_rfc3339
 
 LOG = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class MachineSetController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(MACHINES, owners("MachineSet"))]
 
     def machines(self, ms: Obj) -> list[Obj]:
         ns = ms["metadata"]["namespace"]
@@ -195,6 +199,9 @@ class MachineDeploymentController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(MACHINESETS, owners("MachineDeployment"))]
 
     def sets(self, md: Obj) -> list[Obj]:
         ns = md["metadata"]["namespace"]

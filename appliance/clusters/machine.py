@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.clusters.guest import GuestUnreachable, open_guest
 from appliance.clusters.objects import (
     CAPI,
     CLUSTER_NAME,
+    KUBEADMCONFIGS,
     V1B1,
+    VSPHEREMACHINES,
     cluster_of,
     delete_quietly,
     mark,
@@ -34,10 +37,10 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import GUEST_BOOTSTRAP
-from appliance.resources import ResourceApi, get_or_none
+from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.util.timefmt import now_rfc3339
 
 LOG = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class MachineController(Controller):
     def __init__(self, api: ResourceApi, run_dir: Path) -> None:
         super().__init__(api)
         self.run_dir = run_dir
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(VSPHEREMACHINES, owners("Machine")), (KUBEADMCONFIGS, owners("Machine"))]
 
     def reconcile(self, machine: Obj) -> float | None:
         meta = machine["metadata"]

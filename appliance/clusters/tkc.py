@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 from appliance import errors
 from appliance.clusters.objects import (
@@ -33,7 +34,7 @@ from appliance.clusters.objects import (
     write_status,
 )
 from appliance.clusters.tkgclass import CLASS_NAME, POOL_CLASS
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
 from appliance.kinds.tanzu import GROUP, TKC_FINALIZER, TKC_STORAGE
 from appliance.resources import Ref, ResourceApi, get_or_none
@@ -62,6 +63,13 @@ class TkcController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        def by_cluster_label(obj: Obj) -> list[tuple[str, str]]:
+            name = (obj["metadata"].get("labels") or {}).get(CLUSTER_NAME)
+            return [(obj["metadata"]["namespace"], name)] if name else []
+        return [(CLUSTERS, owners("TanzuKubernetesCluster")), (MACHINES, by_cluster_label),
+                (MACHINEDEPLOYMENTS, by_cluster_label)]
 
     def reconcile(self, tkc: Obj) -> float | None:
         meta = tkc["metadata"]

@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -51,6 +52,7 @@ from appliance.clusters.objects import (
     CLUSTER_NAME,
     CLUSTERCLASSES,
     CLUSTERS,
+    CONTROLPLANES,
     KUBEADMCONFIGTEMPLATES,
     KUBEADMCONTROLPLANETEMPLATES,
     MACHINEDEPLOYMENTS,
@@ -74,10 +76,10 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
-from appliance.controllers.base import Controller
+from appliance.controllers.base import Controller, owners
 from appliance.kinds.registry import Obj
 from appliance.kinds.schema import _to_jsonschema, apply_defaults
-from appliance.resources import ResourceApi, get_or_none
+from appliance.resources import Ref, ResourceApi, get_or_none
 
 LOG = logging.getLogger(__name__)
 
@@ -505,6 +507,10 @@ class TopologyController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        # the upgrade order waits on the control plane and the MachineDeployments
+        return [(CONTROLPLANES, owners("Cluster")), (MACHINEDEPLOYMENTS, owners("Cluster"))]
 
     def wants(self, obj: Obj) -> bool:
         return bool(_spec(obj).get("topology"))

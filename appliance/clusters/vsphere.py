@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 from appliance import errors
 from appliance.clusters.objects import (
     CAPV,
     CLUSTER_NAME,
+    CLUSTERS,
     CONTROL_PLANE,
     MACHINES,
     V1B1,
@@ -35,11 +37,11 @@ from appliance.clusters.objects import (
     transition,
     write_status,
 )
-from appliance.controllers.base import Controller, add_finalizer, drop_finalizer
+from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.controllers.scheduler import vm_address
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import GUEST_BOOTSTRAP
-from appliance.resources import ResourceApi, get_or_none
+from appliance.resources import Ref, ResourceApi, get_or_none
 
 LOG = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ MACHINE_FINALIZER = "vmwaremachine.infrastructure.cluster.vmware.com"
 API_SERVER_PORT = 6443
 #: CAPV's powerOffMode spellings against vm-operator's.
 POWER_OFF = {"hard": "Hard", "soft": "Soft", "trySoft": "TrySoft"}
+
+
+def infrastructure_of(obj: Obj) -> list[tuple[str, str]]:
+    """The key of the infrastructure object a Cluster or Machine names."""
+    ref = (obj.get("spec") or {}).get("infrastructureRef") or {}
+    return [(obj["metadata"].get("namespace", ""), ref["name"])] if ref.get("name") else []
 
 
 def service_name(cluster: str) -> str:
@@ -60,6 +68,9 @@ class VSphereClusterController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(VMSERVICES, owners("VSphereCluster")), (CLUSTERS, infrastructure_of)]
 
     def reconcile(self, vc: Obj) -> float | None:
         meta = vc["metadata"]
@@ -132,6 +143,9 @@ class VSphereMachineController(Controller):
 
     def __init__(self, api: ResourceApi) -> None:
         super().__init__(api)
+
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        return [(VMS, owners("VSphereMachine")), (MACHINES, infrastructure_of)]
 
     def reconcile(self, vm_machine: Obj) -> float | None:
         meta = vm_machine["metadata"]
@@ -231,7 +245,7 @@ class VSphereMachineController(Controller):
             status["addresses"] = [{"type": "InternalIP", "address": address},
                                    {"type": "InternalDNS", "address": meta["name"]}]
         status["ready"] = bool(power == "PoweredOn" and ip and bios)
-        return 30.0 if status["ready"] else 3.0
+        return 10.0 if status["ready"] else 3.0
 
     @staticmethod
     def vm_conditions(vm: Obj, conditions: list[Obj]) -> list[Obj]:

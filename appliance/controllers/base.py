@@ -18,6 +18,7 @@ import heapq
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,9 +125,17 @@ class Controller:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def related(self) -> list[tuple[Ref, Callable[[Obj], list[tuple[str, str]]]]]:
+        """Other kinds whose changes concern objects of this one: each kind with what
+        names the objects to look at again (a VM's change → its owner's key)."""
+        return []
+
     def run(self, stop: threading.Event) -> None:
         threading.Thread(target=self._feed, args=(stop,), name=f"{self.name}-watch",
                          daemon=True).start()
+        for ref, keys in self.related():
+            threading.Thread(target=self._feed_related, args=(ref, keys, stop),
+                             name=f"{self.name}-watch-{ref.plural}", daemon=True).start()
         for i in range(1, self.workers):
             threading.Thread(target=self._work, args=(stop,), name=f"{self.name}-{i}",
                              daemon=True).start()
@@ -188,6 +197,35 @@ class Controller:
             except Exception:
                 LOG.exception("%s: watch failed; listing again", self.name)
                 stop.wait(5.0)
+
+
+    def _feed_related(self, ref: Ref, keys: Callable[[Obj], list[tuple[str, str]]],
+                      stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                _, rv = self.api.list(ref, self.namespace)
+                for ev in self.api.watch(ref, rv, self.namespace, timeout=300):
+                    if stop.is_set():
+                        return
+                    if ev is not None and ev[0] in ("ADDED", "MODIFIED", "DELETED"):
+                        for key in keys(ev[1]):
+                            self.queue.add(key)
+            except errors.ApiError as err:
+                LOG.info("%s: watch of %s ended (%s); listing again", self.name, ref.plural,
+                         err)
+                stop.wait(1.0 if err.code != 404 else 60.0)
+            except Exception:
+                LOG.exception("%s: watch of %s failed; listing again", self.name, ref.plural)
+                stop.wait(5.0)
+
+
+def owners(kind: str) -> Callable[[Obj], list[tuple[str, str]]]:
+    """For :meth:`Controller.related`: the keys of an object's owners of ``kind``."""
+    def keys(obj: Obj) -> list[tuple[str, str]]:
+        meta = obj.get("metadata") or {}
+        return [(meta.get("namespace", ""), o["name"])
+                for o in meta.get("ownerReferences") or [] if o.get("kind") == kind]
+    return keys
 
 
 def merge_diff(old: Any, new: Any) -> Any:
