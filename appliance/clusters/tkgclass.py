@@ -147,7 +147,7 @@ class ShippedClassController(Controller):
             except errors.ApiError as err:
                 if err.code == 409:
                     continue
-                if err.code == 403 and "terminating" in err.message:
+                if err.code == 403 and "being terminated" in err.message:
                     return None
                 raise
         return None

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from appliance import errors
-from appliance.controllers.base import Controller
+from appliance.controllers.base import Controller, drop_finalizer
 from appliance.kinds.registry import Obj
-from appliance.kinds.vmop import GROUP, STORAGE
+from appliance.kinds.vmop import GROUP, STORAGE, VM_FINALIZER
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.util.quantity import parse_quantity
 from appliance.util.timefmt import now_rfc3339
@@ -161,6 +161,10 @@ class VmScheduler(Controller):
                 from appliance.network.attach import delete_interface
 
                 delete_interface(self.api, vm)
+            if not status.get("host"):
+                # Never placed, so no host agent built anything or will ever look at it:
+                # the finalizer is ours to drop (else the VM, and its namespace, hang).
+                drop_finalizer(self.api, self.ref, vm, VM_FINALIZER)
             return None
         self._ensure_access_key(vm)
         if status.get("host"):

@@ -146,3 +146,33 @@ def test_v1alpha1_round_trip() -> None:
     newer = dict(stored, spec=dict(stored["spec"], advanced={"bootDiskCapacity": "30Gi"}))
     again = vm_v1a1_to_storage(vm_storage_to_v1a1(newer))
     assert again["spec"]["advanced"] == {"bootDiskCapacity": "30Gi"}
+
+
+def test_a_vm_never_placed_can_be_deleted(vmns: str, admin_api: Api) -> None:
+    """A VM no host has room for is never placed, so no host agent will ever tear it
+    down: deleting it must not hang on its finalizer (nor its namespace on it)."""
+    import time
+
+    r = admin_api.call("POST", f"{G}/v1alpha5/namespaces/{NS}/virtualmachineclasses", json={
+        "apiVersion": "vmoperator.vmware.com/v1alpha5", "kind": "VirtualMachineClass",
+        "metadata": {"name": "no-host-is-this-big"},
+        "spec": {"hardware": {"cpus": 512, "memory": "64Ti"}}})
+    assert r.status_code == 201, r.text
+    admin_api.call("DELETE", f"/api/v1/namespaces/{NS}/resourcequotas/vm-limits")
+    vm = _vm("never-placed", cls="no-host-is-this-big")
+    r = admin_api.call("POST", f"{G}/v1alpha3/namespaces/{NS}/virtualmachines", json=vm)
+    assert r.status_code == 201, r.text
+    path = f"{G}/v1alpha5/namespaces/{NS}/virtualmachines/never-placed"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the scheduler has looked at it and said no
+        conds = admin_api.call("GET", path).json().get("status", {}).get("conditions", [])
+        if any(c.get("reason") == "InsufficientCapacity" for c in conds):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the scheduler never reported InsufficientCapacity")
+    assert admin_api.call("DELETE", path).status_code == 200
+    deadline = time.monotonic() + 30
+    while admin_api.call("GET", path).status_code != 404:
+        assert time.monotonic() < deadline, "the unplaced VM hung on its finalizer"
+        time.sleep(0.5)
