@@ -342,18 +342,18 @@ def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
     capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
                 json.dumps({"spec": {"replicas": len(before) + 1}}))
 
-    def refused() -> dict[str, Any] | None:
+    def refused() -> tuple[str, dict[str, Any]] | None:
         for m in capi.machines(WORKERS):
             if m["metadata"]["name"] in before:
                 continue
             cond = next((c for c in (m.get("status") or {}).get("conditions") or []
                          if c["type"] == "InfrastructureReady"), {})
             if cond.get("reason") == "VMCreationFailed":
-                return cond
+                return m["metadata"]["name"], cond
         return None
-    cond = wait_for("the new machine refused by the quota", refused, 120, 1.0)
+    name, cond = wait_for("the new machine refused by the quota", refused, 120, 1.0)
     assert "exceeded quota" in cond["message"] and cond["severity"] == "Error"
-    assert len(capi.items("virtualmachines")) == used  # nothing half-made
+    assert capi.get("virtualmachine", name) is None  # nothing half-made
     events = capi.kc.run("get", "events", "-n", capi.ns, "--field-selector",
                          "reason=VMCreationFailed", "-o", "json").stdout
     assert "exceeded quota" in events
