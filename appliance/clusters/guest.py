@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import logging
 import os
 import shutil
@@ -161,6 +160,3 @@ def _write(workdir: Path, name: str, data_b64: str | None) -> Path | None:
         f.write(base64.b64decode(data_b64))
     return path
 
-
-def kubeconfig_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
