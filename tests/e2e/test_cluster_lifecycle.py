@@ -333,11 +333,32 @@ def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
     """Nodes are VMs: they count in the namespace's quota, and a refused VM is said on
     the Machine's conditions and as an Event, with the quota's own message."""
     capi.kc.run("delete", "mhc", f"{CLUSTER}-workers", "-n", capi.ns)
-    used = len(capi.items("virtualmachines"))
+
+    def settled() -> int | None:
+        """The VM count once every machine has its VM and none is still going (the
+        health check's remediation may still be in flight)."""
+        vms = capi.items("virtualmachines")
+        machines = capi.machines()
+        names = {v["metadata"]["name"] for v in vms}
+        if any(v["metadata"].get("deletionTimestamp") for v in vms) or \
+                len(vms) != len(machines) or \
+                any(m["metadata"]["name"] not in names for m in machines):
+            return None
+        return len(vms)
+    used = wait_for("every machine with its VM, none going", settled, 120, 1.0)
     capi.kc.apply_objects([{"apiVersion": "v1", "kind": "ResourceQuota",
                             "metadata": {"name": "nodes"},
                             "spec": {"hard": {"count/virtualmachines.vmoperator.vmware.com":
                                               str(used)}}}], capi.tmp / "quota.yaml")
+    try:
+        refused_by_quota(capi)
+    finally:
+        capi.kc.run("delete", "resourcequota", "nodes", "-n", capi.ns)
+        capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
+                    '{"spec":{"replicas":1}}')
+
+
+def refused_by_quota(capi: Lab) -> None:
     before = {m["metadata"]["name"] for m in capi.machines(WORKERS)}
     capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
                 json.dumps({"spec": {"replicas": len(before) + 1}}))
@@ -357,9 +378,6 @@ def test_a_quota_refusal_shows_on_the_machine(capi: Lab) -> None:
     events = capi.kc.run("get", "events", "-n", capi.ns, "--field-selector",
                          "reason=VMCreationFailed", "-o", "json").stdout
     assert "exceeded quota" in events
-    capi.kc.run("delete", "resourcequota", "nodes", "-n", capi.ns)
-    capi.kc.run("patch", "md", f"{CLUSTER}-md-0", "-n", capi.ns, "--type=merge", "-p",
-                '{"spec":{"replicas":1}}')
 
 
 TKC = "tkc-s"
