@@ -36,7 +36,7 @@ from appliance.clusters.objects import (
 from appliance.clusters.tkgclass import CLASS_NAME, POOL_CLASS
 from appliance.controllers.base import Controller, add_finalizer, drop_finalizer, owners
 from appliance.kinds.registry import Obj
-from appliance.kinds.tanzu import GROUP, TKC_FINALIZER, TKC_STORAGE
+from appliance.kinds.tanzu import GROUP, TKC_FINALIZER, TKC_STORAGE, tkr_name
 from appliance.resources import Ref, ResourceApi, get_or_none
 
 LOG = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ class ReleaseProblem(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def tkr_of(node: Obj | None, fallback: str = "") -> str:
-    return (((node or {}).get("tkr") or {}).get("reference") or {}).get("name") or fallback
 
 
 class TkcController(Controller):
@@ -112,7 +108,7 @@ class TkcController(Controller):
     def release(self, tkc: Obj) -> tuple[Obj, str]:
         """The control plane's TanzuKubernetesRelease and its node image, or why not."""
         topology = (tkc.get("spec") or {}).get("topology") or {}
-        wanted = tkr_of(topology.get("controlPlane"))
+        wanted = tkr_name(topology.get("controlPlane"))
         release = get_or_none(self.api, RELEASES, "", wanted) if wanted else None
         if release is None:
             raise ReleaseProblem("TKRNotFound", f"TanzuKubernetesRelease {wanted!r} does not "
