@@ -721,6 +721,147 @@ def tkr_list() -> None:
                    f"{ready.get('status', 'Unknown')}\t{ready.get('message', '')}".rstrip())
 
 
+# -- the lab registry ----------------------------------------------------------------------------
+
+
+@main.group("registry")
+def registry_group() -> None:
+    """The lab registry: its address, and credentials for skopeo, podman and docker."""
+
+
+def _registry_kubeconfig(kubeconfig_path: str | None) -> Path:
+    return Path(kubeconfig_path or os.environ.get("KUBECONFIG", "").split(":")[0] or
+                Path.home() / ".kube" / "config")
+
+
+def _registry_info(kubeconfig_path: str | None) -> tuple[Any, Any]:
+    """The current kubeconfig context and ``GET /registry`` as its user."""
+    from appliance.registry.login import RegistryLoginError, fetch_info, read_context
+
+    try:
+        ctx = read_context(_registry_kubeconfig(kubeconfig_path))
+        return ctx, fetch_info(ctx)
+    except RegistryLoginError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _registry_host(kubeconfig_path: str | None) -> str:
+    """``HOST:PORT`` from the API; on the lab host with no usable kubeconfig (no file,
+    no context, no token), the host's own settings say it."""
+    from appliance.registry import registry_host
+    from appliance.registry.login import RegistryLoginError, fetch_info, read_context
+
+    problem = ""
+    try:
+        ctx = read_context(_registry_kubeconfig(kubeconfig_path))
+    except RegistryLoginError as exc:
+        ctx, problem = None, str(exc)
+    if ctx is None or not ctx.token:
+        s = _settings()
+        if (s.pki_dir / "ca.crt").exists():  # on the lab host itself
+            if not s.registry_enabled:
+                raise click.ClickException("the lab registry is disabled (registry_enabled)")
+            return registry_host(s)
+        if ctx is None:
+            raise click.ClickException(problem)
+    try:
+        return fetch_info(ctx).host
+    except RegistryLoginError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _registry_files(authfile: str | None, docker_config: str | None,
+                    certs_dirs: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """The auth files and certs directories: the options, else the usual places."""
+    from appliance.registry import login as reg
+
+    home = Path.home()
+    auth_files = [Path(authfile) if authfile else reg.containers_auth_file(os.environ, home),
+                  reg.docker_config_file(os.environ, home,
+                                         Path(docker_config) if docker_config else None)]
+    dirs = [Path(d) for d in certs_dirs] or \
+        reg.default_certs_dirs(os.environ, home, os.geteuid() == 0)
+    return auth_files, dirs
+
+
+def _registry_file_options(f: Any) -> Any:
+    f = click.option("--kubeconfig", "kubeconfig_path", default=None, metavar="PATH",
+                     help="The supervisor kubeconfig (default: KUBECONFIG or ~/.kube/config).")(f)
+    f = click.option("--certs-dir", "certs_dirs", multiple=True, metavar="DIR",
+                     help="Where the lab CA goes as HOST:PORT/ca.crt; repeatable (default: "
+                          "/etc/containers/certs.d and /etc/docker/certs.d as root, else "
+                          "${XDG_CONFIG_HOME:-~/.config}/containers/certs.d).")(f)
+    f = click.option("--docker-config", metavar="PATH", default=None,
+                     help="Docker's config.json, or its directory (default: "
+                          "${DOCKER_CONFIG:-~/.docker}/config.json).")(f)
+    return click.option("--authfile", metavar="PATH", default=None,
+                        help="The containers auth file (default: $REGISTRY_AUTH_FILE, else "
+                             "${XDG_CONFIG_HOME:-~/.config}/containers/auth.json).")(f)
+
+
+@registry_group.command("url", short_help="Print the registry's HOST:PORT.")
+@click.option("--kubeconfig", "kubeconfig_path", default=None, metavar="PATH",
+              help="The supervisor kubeconfig (default: KUBECONFIG or ~/.kube/config).")
+def registry_url(kubeconfig_path: str | None) -> None:
+    """Print the registry's HOST:PORT (push to HOST:PORT/NAMESPACE/IMAGE:TAG)."""
+    click.echo(_registry_host(kubeconfig_path))
+
+
+@registry_group.command("login", short_help="Store credentials for skopeo, podman, docker.")
+@_registry_file_options
+def registry_login(authfile: str | None, docker_config: str | None,
+                   certs_dirs: tuple[str, ...], kubeconfig_path: str | None) -> None:
+    """Let skopeo, podman and docker use the registry as you (your `lab login` token).
+
+    The credentials last as long as the token: after the next `lab login`, run this again."""
+    from appliance.registry.login import RegistryLoginError, login_files
+
+    ctx, info = _registry_info(kubeconfig_path)
+    auth_files, dirs = _registry_files(authfile, docker_config, certs_dirs)
+    try:
+        written, warnings = login_files(auth_files, dirs, info, ctx.token, ctx.ca_pem)
+    except RegistryLoginError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename}: {exc.strerror}") from exc
+    for path in written:
+        click.echo(f"wrote {path}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not ctx.ca_pem:
+        click.echo("warning: the kubeconfig has no certificate authority; no ca.crt written",
+                   err=True)
+
+
+@registry_group.command("logout", short_help="Remove what `lab registry login` wrote.")
+@click.argument("host", metavar="[HOST:PORT]", required=False)
+@_registry_file_options
+def registry_logout(host: str | None, authfile: str | None, docker_config: str | None,
+                    certs_dirs: tuple[str, ...], kubeconfig_path: str | None) -> None:
+    """Remove what `lab registry login` wrote (the registry's entry and its ca.crt)."""
+    from appliance.registry.login import RegistryLoginError, check_hostport, logout_files
+
+    auth_files, dirs = _registry_files(authfile, docker_config, certs_dirs)
+    if not host:
+        try:
+            host = _registry_host(kubeconfig_path)
+        except click.ClickException as exc:
+            raise click.ClickException(f"{exc.message} (or name the registry: "
+                                       "lab registry logout HOST:PORT)") from exc
+    try:
+        edited, removed = logout_files(auth_files, dirs, check_hostport(host))
+    except RegistryLoginError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename}: {exc.strerror}") from exc
+    for path in edited:
+        click.echo(f"removed {host} from {path}")
+    for path in removed:
+        click.echo(f"removed {path}")
+    if not edited and not removed:
+        click.echo(f"not logged in to {host}")
+
+
 # -- tests ---------------------------------------------------------------------------------------
 
 

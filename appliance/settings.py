@@ -53,6 +53,10 @@ class Settings:
     # Both are administrator choices; nothing is trusted by default.
     registries_private: tuple[str, ...] = ()
     registries_insecure: tuple[str, ...] = ()
+    # The lab registry (appliance.registry): one per lab, a project per namespace.
+    registry_enabled: bool = True
+    registry_port: int = 5000
+    registry_token_ttl_seconds: int = 300
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -100,6 +104,11 @@ class Settings:
         return self.state_dir / "pod-images"
 
     @property
+    def registry_dir(self) -> Path:
+        """The lab registry: its storage, configuration and token-signing key."""
+        return self.state_dir / "registry"
+
+    @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'supervisor.db'}"
 
@@ -130,6 +139,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_ingress_cidr": str, "network_cluster_ip_cidr": str, "network_bridge": str,
     "network_tag": str, "network_uplink": str, "network_dns_domain": str,
     "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
+    "registry_enabled": _flag, "registry_port": int, "registry_token_ttl_seconds": int,
 }
 
 

@@ -76,9 +76,12 @@ class ApiApp:
                  watch_timeout: float = 1800.0, ready: Callable[[], bool] | None = None,
                  ca_pem: bytes = b"",
                  logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None,
-                 streams: dict[tuple[str, str, str], LogStream] | None = None
+                 streams: dict[tuple[str, str, str], LogStream] | None = None,
+                 registry_info: Callable[[], dict[str, str]] | None = None
                  ) -> None:
         self.ca_pem = ca_pem
+        # Where the lab registry is (`lab registry url`), for any signed-in user.
+        self.registry_info = registry_info
         # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
         self.logs = logs or {}
         # (group, plural, subresource) -> a reader given the object, the query and the
@@ -153,6 +156,8 @@ class ApiApp:
             with self.store.write() as txn:
                 users.revoke_token(txn.session, request.headers["Authorization"][7:].strip())
             return _json({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+        if path == "/registry" and self.registry_info is not None:
+            return _json({**self.registry_info(), "user": user.name})
         parts = [p for p in path.split("/") if p]
         if not parts:
             return _json({"paths": ["/api", "/apis", "/healthz", "/login", "/openapi/v2",

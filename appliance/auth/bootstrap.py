@@ -38,7 +38,12 @@ WRITE = ["create", "update", "patch", "delete", "deletecollection"]
 ADMIN_ONLY = {("", "resourcequotas"), (RBAC, "roles"), (RBAC, "rolebindings"),
               ("vmoperator.vmware.com", "virtualmachineclasses"),
               ("vmoperator.vmware.com", "virtualmachineimages"),
-              ("vmware.com", "virtualnetworks")}
+              ("vmware.com", "virtualnetworks"),
+              # Written by the registry front only; an owner may delete one.
+              ("registry.pacific.lab", "repositories")}
+#: The lab registry's actions are RBAC verbs on a namespace's repositories:
+#: view pulls, edit pulls and pushes, owner also deletes (its WRITE verbs).
+REGISTRY = ("registry.pacific.lab", "repositories")
 #: Subresources viewers may read (Kubernetes' view role reads pod logs too).
 VIEWABLE_SUBRESOURCES = {"pods/log"}
 #: Kinds hidden from viewers: they carry credentials.
@@ -64,9 +69,12 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
         edit.append(_rule([kind.group], [kind.plural, *status, *subs], READ))
         if key not in ADMIN_ONLY:
             edit.append(_rule([kind.group], [kind.plural, *subs], WRITE))
+    view.append(_rule([REGISTRY[0]], [REGISTRY[1]], ["pull"]))
+    edit.append(_rule([REGISTRY[0]], [REGISTRY[1]], ["pull", "push"]))
     # Everything in the namespace, but not "bind"/"escalate": an owner may grant
     # only permissions it holds itself.
-    owner = [_rule(["*"], ["*"], READ + WRITE)]
+    owner = [_rule(["*"], ["*"], READ + WRITE),
+             _rule([REGISTRY[0]], [REGISTRY[1]], ["pull", "push"])]
     return {OWNER: owner, EDIT: edit, VIEW: view}
 
 

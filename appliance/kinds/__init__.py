@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from appliance.kinds import capi, capv, core, network, pods, rbac, tanzu, vmop
+from appliance.kinds import capi, capv, core, network, pods, rbac, repositories, tanzu, vmop
 from appliance.kinds.registry import Registry
 
 
@@ -21,4 +21,5 @@ def default_registry(lab_ranges: Sequence[str] = ()) -> Registry:
     registry.extend(capi.kinds(lab_ranges))
     registry.extend(capv.KINDS)
     registry.extend(tanzu.kinds(lab_ranges))
+    registry.extend(repositories.KINDS)
     return registry

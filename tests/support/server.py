@@ -38,6 +38,7 @@ class LabServer:
         self.state_dir = state_dir
         self.api_port = free_port()
         self.dashboard_port = free_port()
+        self.registry_port = free_port()
         self.database_url = database_url
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,6 +49,7 @@ class LabServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
         env.update({"LAB_STATE_DIR": str(self.state_dir), "LAB_API_PORT": str(self.api_port),
                     "LAB_DASHBOARD_PORT": str(self.dashboard_port), "LAB_API_BIND": "127.0.0.1",
+                    "LAB_REGISTRY_PORT": str(self.registry_port),
                     "LAB_PUBLIC_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT),
                     # namespace networks change the host (br-int, dnsmasq, nftables):
                     # a test that wants them sets LAB_NETWORK_* in extra_env
@@ -56,6 +58,11 @@ class LabServer:
             env["LAB_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
         return env
+
+    @property
+    def registry(self) -> str:
+        """The lab registry's ``HOST:PORT``."""
+        return f"127.0.0.1:{self.registry_port}"
 
     @property
     def url(self) -> str:

@@ -15,9 +15,11 @@ from werkzeug.wrappers import Response
 from appliance import errors, kubeconfig
 from appliance.auth import bootstrap, users
 from appliance.auth.rbac import RBAC
+from appliance.kinds import repositories
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import CATALOG_NAMESPACE
 from appliance.kinds.vmop import GROUP as VMOP
+from appliance.registry import registry_host
 from appliance.store.models import User
 from appliance.util.quantity import QuantityError, parse_quantity
 from web.filters import usage_rows
@@ -35,6 +37,8 @@ ROLES = (("view", "View", "read everything in the namespace except Secrets"),
          ("edit", "Edit", "create, change and delete VMs, pods and services"),
          ("owner", "Owner", "everything in the namespace, including granting roles"))
 SYSTEM_LABEL = "pacific.lab/system"
+#: Digits of a manifest digest shown in the repository table (the full one is its tooltip).
+SHORT_DIGEST = 12
 LIMIT_API_FIELDS = {f"spec.hard[{f.key}]": f.field for f in LIMIT_FIELDS}
 
 
@@ -102,6 +106,49 @@ def clusters_context(ns: str) -> dict[str, Any]:
             "clusters_registered": guest.tkc_registered(lab())}
 
 
+def _registry_address() -> str | None:
+    """The lab registry's ``HOST:PORT``, or None when this lab runs none."""
+    s = lab().settings
+    if not s.registry_enabled or lab().kind(repositories.GROUP, "repositories") is None:
+        return None
+    return registry_host(s)
+
+
+def _short_digest(digest: str) -> str:
+    algorithm, sep, hexdigits = digest.partition(":")
+    return f"{algorithm}:{hexdigits[:SHORT_DIGEST]}" if sep else digest[:SHORT_DIGEST]
+
+
+def _repository_row(ns: str, repo: Obj) -> dict[str, Any]:
+    meta, status = repo["metadata"], repo.get("status") or {}
+    size = int(status.get("sizeBytes") or 0)
+    return {"name": (repo.get("spec") or {}).get("name") or f"{ns}/{meta['name']}",
+            "object": meta["name"], "deleting": bool(meta.get("deletionTimestamp")),
+            "tags": [{"name": t.get("name") or "", "digest": t.get("digest") or "",
+                      "short": _short_digest(t.get("digest") or "")}
+                     for t in status.get("tags") or []],
+            "manifests": int(status.get("manifests") or 0),
+            "size": repositories.human_size(size), "last_pushed": status.get("lastPushed")}
+
+
+def registry_context(ns: str) -> dict[str, Any]:
+    """The namespace's registry project (its live part ``registry``): ``registry`` is None
+    when the lab runs no registry; ``repositories`` is None when the user may not list them."""
+    address = _registry_address()
+    if address is None:
+        return {"registry": None, "repositories": None}
+    try:
+        items = lab().list(user(), repositories.GROUP, "repositories", ns).items
+    except errors.ApiError as err:
+        if err.code not in (403, 404):
+            raise
+        rows = None
+    else:
+        rows = sorted((_repository_row(ns, r) for r in items), key=lambda r: r["name"])
+    return {"registry": {"address": address, "project": ns, "prefix": f"{address}/{ns}"},
+            "repositories": rows}
+
+
 def overview_context(ns: str) -> dict[str, Any]:
     """What the namespace page (and its live parts) shows."""
     u = user()
@@ -130,7 +177,8 @@ def index() -> str:
     can_create = lab().can(u, "create", "", "namespaces")
     if is_live_request():
         return render_template("parts/namespace_cards.html", rows=rows)
-    return render_template("index.html", rows=rows, can_create=can_create)
+    return render_template("index.html", rows=rows, can_create=can_create,
+                           registry_address=_registry_address())
 
 
 @bp.route("/namespaces/new", methods=["GET", "POST"])
@@ -193,17 +241,22 @@ def show(ns: str) -> str:
                            roles=_my_roles(ns), api_server=_api_server(),
                            token_hours=round(lab().settings.token_ttl_seconds / 3600),
                            pods_registered=lab().kind("", "pods") is not None,
-                           **clusters_context(ns), **ctx)
+                           **clusters_context(ns), **registry_context(ns), **ctx)
 
 
 @bp.get("/ns/<ns>/live/<part>")
 @login_required
 def live(ns: str, part: str) -> str:
-    if part not in ("workloads", "usage", "events", "clusters"):
+    if part not in ("workloads", "usage", "events", "clusters", "registry"):
         abort(404)
     _namespace(ns)
     if part == "clusters":
         return render_template("parts/ns_clusters.html", ns=ns, **clusters_context(ns))
+    if part == "registry":
+        ctx = registry_context(ns)
+        if ctx["registry"] is None:
+            abort(404)
+        return render_template("parts/ns_registry.html", ns=ns, **ctx)
     ctx = overview_context(ns)
     return render_template(f"parts/ns_{part}.html", ns=ns,
                            pods_registered=lab().kind("", "pods") is not None, **ctx)
