@@ -113,6 +113,8 @@ class HostService:
         self.servers: list[wsgi.Server] = []
         self.threads: list[threading.Thread] = []
         self.ready = threading.Event()
+        self.registry_front: Any = None
+        self.registry_daemon: Any = None
 
     def start(self) -> None:
         s = self.settings
@@ -136,16 +138,51 @@ class HostService:
                      ready=self.ready.is_set, ca_pem=pki.ca_pem(),
                      logs={("vmoperator.vmware.com", "virtualmachines", "console"):
                            self._console_log},
-                     streams={("", "pods", "log"): PodLogs(s.pods_dir).read})
+                     streams={("", "pods", "log"): PodLogs(s.pods_dir).read},
+                     registry_info=self._registry_info if s.registry_enabled else None)
         self.api = api
         self._serve(api, s.api_port, "api")
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")
         self._write_admin_kubeconfig(sup, pki)
+        if s.registry_enabled:
+            self._start_registry(sup, pki)
         self._start_controllers(sup)
         self._start_agent(sup, pki, host, addr)
         self.ready.set()
         LOG.info("host service ready: API https://%s:%d, dashboard https://%s:%d", addr,
                  s.api_port, addr, s.dashboard_port)
+
+    def _registry_info(self) -> dict[str, str]:
+        from appliance.registry import SERVICE, TOKEN_PATH, registry_host
+
+        host = registry_host(self.settings)
+        return {"host": host, "service": SERVICE, "realm": f"https://{host}{TOKEN_PATH}"}
+
+    def _start_registry(self, sup: Supervisor, pki: Pki) -> None:
+        """The lab registry: Distribution as a supervised child, the front on its port,
+        and the controller of Repository objects (appliance.registry)."""
+        from appliance.registry import local_names, registry_host
+        from appliance.registry.access import Access
+        from appliance.registry.controller import RepositoryController
+        from appliance.registry.daemon import RegistryDaemon
+        from appliance.registry.front import RegistryFront
+        from appliance.registry.projects import Projects
+        from appliance.registry.storage import Storage
+        from appliance.registry.tokens import Signer
+
+        s = self.settings
+        signer = Signer.ensure(s.registry_dir)
+        daemon = RegistryDaemon(s.registry_dir, s.run_dir, s.log_dir / "registry.log",
+                                registry_host(s))
+        daemon.start()
+        self.registry_daemon = daemon
+        self._thread(daemon.supervise, "registry-daemon")
+        projects = Projects(sup.service, Storage(daemon.storage_root))
+        front = RegistryFront(Access(sup.service), signer, projects, daemon.socket_path,
+                              s.registry_token_ttl_seconds, local_names(s))
+        front.serve(self.bind_addresses(), s.registry_port, pki.server_cert, pki.server_key)
+        self.registry_front = front
+        self._thread(RepositoryController(projects, daemon, front).run, "registry-controller")
 
     def _console_log(self, vm: dict[str, Any]) -> Path:
         from appliance.agent.vmnames import domain_name, vm_prefix
@@ -248,11 +285,15 @@ class HostService:
         client = ApiClient(f"https://127.0.0.1:{self.settings.api_port}", token,
                            str(pki.ca_cert))
         self._thread(HostAgent(client, facts).run, "host-agent")
-        self._thread(lambda stop: self._run_vm_agent(client, facts, stop), "vm-agent")
+        self._thread(lambda stop: self._run_vm_agent(client, facts, stop, node_token=token,
+                                                     lab_ca=pki.ca_cert), "vm-agent")
 
-    def _run_vm_agent(self, client: ApiClient, facts: dict[str, Any],
-                      stop: threading.Event) -> None:
-        """The VM reconciler of this host's agent; waits for libvirt if it is not up yet."""
+    def _run_vm_agent(self, client: ApiClient, facts: dict[str, Any], stop: threading.Event, *,
+                      node_token: str, lab_ca: Path) -> None:
+        """The VM reconciler of this host's agent; waits for libvirt if it is not up yet.
+
+        The pod agent pulls from the lab registry as this node (``node_token``, the
+        node's API token) and checks the registry's certificate against ``lab_ca``."""
         from appliance.agent.pods import PodController
         from appliance.agent.vms import VmController
         from hypervisor.appliance_net import ApplianceNetwork, NetworkError, ensure_network
@@ -277,7 +318,8 @@ class HostService:
                              str(facts.get("accelerator") or "tcg"), LibvirtDriver(),
                              network.name,
                              ovs_datapath=str(facts.get("ovs_datapath") or "system"),
-                             namespace_network=s.network_enabled)
+                             namespace_network=s.network_enabled, node_token=node_token,
+                             lab_ca=lab_ca)
         for agent in (controller, pods):
             try:
                 removed = agent.collect_orphans()
@@ -300,6 +342,10 @@ class HostService:
         Every acknowledged write is already committed, so nothing is lost by
         not waiting for long-lived watches to end."""
         self.stop.set()
+        if self.registry_front is not None:
+            self.registry_front.shutdown()
+        if self.registry_daemon is not None:
+            self.registry_daemon.stop()
         stoppers = [threading.Thread(target=srv.stop, daemon=True) for srv in self.servers]
         for t in stoppers:
             t.start()

@@ -7,6 +7,12 @@ One pass over a pod, in order (status is written at the end of every pass):
 2. finished (Succeeded/Failed) and the VM gone: nothing more to do;
 3. the images: pulled from their registries into the shared erofs cache
    (``ErrImagePull`` then ``ImagePullBackOff`` with Kubernetes' back-off);
+   credentials from the pod's imagePullSecrets, else, for its own namespace's
+   project on the lab registry, this node's identity (``system:node:<host>``
+   with its API token; the registry lets a node pull a namespace's images only
+   while a pod of that namespace is bound to it). A lab registry image is
+   authorised at the registry with the pod's credentials at every start, even
+   when it is cached: the cache is shared by every namespace, the projects are not;
 4. the configuration (argv, environment, volumes), written to the pod's config
    disk (``CreateContainerConfigError`` when a ConfigMap or Secret is missing);
 5. the scratch disk and the transient domain, booted directly from the shared
@@ -39,16 +45,18 @@ from appliance.kinds.pods import POD_FINALIZER, terminal, vm_size
 from appliance.kinds.registry import Obj
 from appliance.pods import spec as podspec
 from appliance.pods.logs import PodLogs
+from appliance.registry import is_lab_registry, local_names
+from appliance.registry.names import project_of
 from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
 from appliance.util.timefmt import now_rfc3339, parse_rfc3339
 from hypervisor.domain import NicSpec
 from hypervisor.libvirt_driver import HypervisorError, LibvirtDriver
-from hypervisor.oci.auth import credentials_for
+from hypervisor.oci.auth import Credentials, credentials_for
 from hypervisor.oci.cache import CachedImage, ImageCache
 from hypervisor.oci.errors import ImagePullError
 from hypervisor.oci.policy import RegistryPolicy
-from hypervisor.oci.reference import parse_reference
+from hypervisor.oci.reference import ImageReference, parse_reference
 from hypervisor.podvm import channel
 from hypervisor.podvm.config import (
     ConfigError,
@@ -128,7 +136,8 @@ class PodController(Controller):
     def __init__(self, api: ResourceApi, node_name: str, node_ip: str, settings: Settings,
                  accelerator: str, driver: LibvirtDriver, network_name: str, *,
                  ovs_datapath: str = "system", namespace_network: bool = False,
-                 images: ImageCache | None = None, kernel: PodKernel | None = None) -> None:
+                 images: ImageCache | None = None, kernel: PodKernel | None = None,
+                 node_token: str = "", lab_ca: Path | None = None) -> None:
         super().__init__(api)
         self.node_name = node_name
         self.node_ip = node_ip
@@ -141,9 +150,14 @@ class PodController(Controller):
         self.namespace_network = namespace_network
         self.prefix = pod_prefix(settings.state_dir)
         self.logs = PodLogs(settings.pods_dir)
-        self.images = images or ImageCache(settings.pod_images_dir, RegistryPolicy(
-            allowed_private=frozenset(settings.registries_private),
-            insecure=frozenset(settings.registries_insecure)))
+        # The lab registry's names on this host, learnt once (the policy's exceptions).
+        self._lab_names = frozenset(local_names(settings)) if settings.registry_enabled \
+            else frozenset()
+        # Pods pull their own namespace's lab registry project as this node.
+        self._node_credentials = (Credentials(f"system:node:{node_name}", node_token)
+                                  if node_token else None)
+        self.images = images or ImageCache(settings.pod_images_dir,
+                                           registry_policy(settings, self._lab_names, lab_ca))
         self._kernel = kernel
         self._kernel_lock = threading.Lock()
         self._runs: dict[str, PodRun] = {}
@@ -231,15 +245,18 @@ class PodController(Controller):
             image = c["image"]
             if image in out:
                 continue
-            creds = self._credentials(pod, image)
+            ref = parse_reference(image)  # InvalidImageName for a bad one
+            lab = self._on_lab_registry(ref.registry)
+            creds = self._credentials(pod, ref, lab)
             cached = self.images.lookup(image)
-            if cached is None or c.get("imagePullPolicy") == "Always":
+            if cached is None or c.get("imagePullPolicy") == "Always" or lab:
                 started = time.monotonic()
                 if cached is None:
                     events.record(self.api, pod, "Normal", "Pulling",
                                   f'Pulling image "{image}"', "kubelet")
                 cached = self.images.ensure(image, creds,
-                                            pull=c.get("imagePullPolicy") or "IfNotPresent")
+                                            pull=c.get("imagePullPolicy") or "IfNotPresent",
+                                            authorize=lab)
                 if cached.built:
                     events.record(self.api, pod, "Normal", "Pulled",
                                   f'Successfully pulled image "{image}" in '
@@ -247,21 +264,27 @@ class PodController(Controller):
             out[image] = cached
         return out
 
-    def _credentials(self, pod: Obj, image: str) -> Any:
-        try:
-            registry = parse_reference(image).registry
-        except ImagePullError:
-            return None  # ensure() reports the bad name
+    def _credentials(self, pod: Obj, image: ImageReference, lab: bool) -> Credentials | None:
+        """A matching imagePullSecret's; else this node's for the pod's own project on the
+        lab registry (``lab``); else none (anonymous: the lab registry refuses, as a private
+        registry does)."""
+        namespace = pod["metadata"]["namespace"]
         for ref in (pod.get("spec") or {}).get("imagePullSecrets") or []:
-            secret = get_or_none(self.api, SECRETS, pod["metadata"]["namespace"],
-                                 ref.get("name", ""))
+            secret = get_or_none(self.api, SECRETS, namespace, ref.get("name", ""))
             data = ((secret or {}).get("data") or {}).get(".dockerconfigjson")
             if not data:
                 continue
-            creds = credentials_for(base64.b64decode(data), registry)
+            creds = credentials_for(base64.b64decode(data), image.registry)
             if creds is not None:
                 return creds
+        if lab and self._node_credentials is not None and project_of(image.path) == namespace:
+            return self._node_credentials
         return None
+
+    def _on_lab_registry(self, registry: str) -> bool:
+        """Whether ``registry`` (``host[:port]``) is the lab registry, now or at start-up
+        (the names the policy allows): either way its images are authorised per pod."""
+        return registry.lower() in self._lab_names or is_lab_registry(self.settings, registry)
 
     def _config(self, pod: Obj, images: dict[str, CachedImage]
                 ) -> tuple[PodConfig, tuple[Path, ...]]:
@@ -545,6 +568,17 @@ class PodController(Controller):
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def registry_policy(settings: Settings, lab_names: frozenset[str],
+                    lab_ca: Path | None) -> RegistryPolicy:
+    """The administrator's exceptions, plus the lab registry under each of its ``lab_names``
+    (``host:port``): allowed at a loopback or private address, and its certificate checked
+    against the lab CA alone (trusted for no other registry; the others keep the system's)."""
+    return RegistryPolicy(
+        allowed_private=frozenset(settings.registries_private) | lab_names,
+        insecure=frozenset(settings.registries_insecure),
+        registry_cas=tuple((name, lab_ca) for name in sorted(lab_names)) if lab_ca else ())
 
 
 def _image_config(image: CachedImage) -> podspec.ImageConfig:

@@ -199,8 +199,10 @@ class Storage:
             return []
         try:
             with os.scandir(fd) as entries:
-                return sorted(f"sha256:{e.name}" for e in entries
-                              if e.is_dir(follow_symlinks=False) and _HEX.fullmatch(e.name))
+                names = [e.name for e in entries
+                         if e.is_dir(follow_symlinks=False) and _HEX.fullmatch(e.name)]
+            # A deleted manifest loses its link file; the directory may stay behind.
+            return sorted(f"sha256:{n}" for n in names if _is_file(fd, f"{n}/link"))
         finally:
             os.close(fd)
 
@@ -254,6 +256,13 @@ class Storage:
             finally:
                 os.close(fd)
         return True
+
+
+def _is_file(dirfd: int, path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path, dir_fd=dirfd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def references(body: bytes) -> list[tuple[str, int]]:

@@ -30,7 +30,10 @@ when the same image is built again or at garbage collection.
 Cached digests are trusted without credentials: a pod that names an image
 by a digest that some other pod (with a pull secret) already pulled gets it,
 as on a Kubernetes node with ``IfNotPresent``. The key includes the
-repository name, so the digest alone is not enough.
+repository name, so the digest alone is not enough. A caller that must not
+hand one user's pulls to another passes ``authorize=True``: the registry then
+confirms the caller's credentials before a cached image is used (Kubernetes'
+``AlwaysPullImages``), which costs one HEAD and downloads nothing.
 """
 
 from __future__ import annotations
@@ -131,26 +134,32 @@ class ImageCache:
     # -- public ----------------------------------------------------------------------------------
 
     def ensure(self, reference: str, credentials: Credentials | None = None, *,
-               pull: PullPolicy = "Always", progress: Progress = None) -> CachedImage:
+               pull: PullPolicy = "Always", progress: Progress = None,
+               authorize: bool = False) -> CachedImage:
         """The cached image for ``reference``, pulled and built first if needed.
 
         ``pull`` is the container's imagePullPolicy: ``Always`` resolves a tag
         at the registry (one HEAD when nothing changed), ``IfNotPresent`` uses
         a cached image for the same reference without asking, ``Never`` never
         asks (``ImageNeverPull`` when absent). Digest references never need
-        the network once cached. Raises ``ImagePullError`` subclasses."""
+        the network once cached. ``authorize`` makes the registry confirm that
+        ``credentials`` may pull ``reference`` before a cached image is handed
+        out (a HEAD of its manifest, for digests and with ``Never`` too); a
+        refusal raises the registry's error. Raises ``ImagePullError`` subclasses."""
         ref = parse_reference(reference)
         try:
-            return self._ensure(ref, credentials, pull, progress)
+            return self._ensure(ref, credentials, pull, progress, authorize)
         except OSError as exc:  # our own files: a full disk, a vanished directory
             raise BuildFailed(f"caching {ref} failed on this host: "
                               f"{exc.strerror or type(exc).__name__}") from exc
 
     def _ensure(self, ref: ImageReference, credentials: Credentials | None, pull: PullPolicy,
-                progress: Progress) -> CachedImage:
+                progress: Progress, authorize: bool) -> CachedImage:
         with self._gc_lock(fcntl.LOCK_SH):
             local = self._local(ref, pull)
             if local is not None:
+                if authorize:
+                    self._authorize(ref, credentials)
                 return local
             if pull == "Never":
                 raise ImageNeverPull(f"{ref} is not in this host's image cache and the pull "
@@ -169,6 +178,15 @@ class ImageCache:
             self._record(ref, resolved)
         _report(progress, ref, "done", image.size_bytes, image.size_bytes)
         return dataclasses.replace(image, reference=str(ref), digest=resolved.digest)
+
+    def _authorize(self, ref: ImageReference, credentials: Credentials | None) -> None:
+        """Raise the registry's refusal unless ``credentials`` may pull ``ref`` now.
+
+        Every other way through ``_ensure`` asks the registry with the credentials
+        already (a HEAD of the tag, or the whole resolve)."""
+        client = RegistryClient(ref.registry, self.policy, credentials, limits=self.limits)
+        if client.head_digest(ref) is None:  # refused, or a registry that will not say:
+            client.get_manifest(ref, ref.manifest_ref)  # a GET raises what it has to say
 
     def lookup(self, reference: str) -> CachedImage | None:
         """The cached image for ``reference`` without any network access, or None."""

@@ -15,7 +15,11 @@ administrator lists the exceptions in ``RegistryPolicy``:
 
 - ``allowed_private``: ``host[:port]`` of registries that may resolve to any
   address (the lab's own registry on loopback or a private network);
-- ``insecure``: ``host[:port]`` of registries spoken to over plain HTTP.
+- ``insecure``: ``host[:port]`` of registries spoken to over plain HTTP;
+- ``registry_cas``: ``(host[:port], CA bundle)`` pairs: the certificate of
+  that registry is checked against that bundle only (the lab registry and the
+  lab CA), so a private CA is trusted for its own registry and nowhere else;
+  every other registry is checked against ``ca_bundle`` or the system's CAs.
 
 An entry without a port matches every port of that host; an entry with a
 port matches only that port. Host names match case-insensitively. Docker Hub
@@ -45,9 +49,17 @@ class RegistryPolicy:
     allowed_private: frozenset[str] = frozenset()
     insecure: frozenset[str] = frozenset()
     ca_bundle: Path | None = None  # CA certificates to trust instead of the system's
+    registry_cas: tuple[tuple[str, Path], ...] = ()  # (host[:port], the only CAs it may use)
 
     def allows_private(self, host: str, port: int) -> bool:
         return _listed(self.allowed_private, host, port)
+
+    def ca_for(self, host: str, port: int) -> Path | None:
+        """The CA bundle that ``host:port``'s certificate must chain to; None: the system's."""
+        for entry, bundle in self.registry_cas:
+            if _listed(frozenset({entry}), host, port):
+                return bundle
+        return self.ca_bundle
 
     def is_insecure(self, host: str, port: int) -> bool:
         return _listed(self.insecure, host, port)

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from hypervisor.oci.errors import (BadImage, DigestMismatch, ImageNotFound, Imag
 from hypervisor.oci.manifest import (ACCEPT, CONFIG_TYPES, LAYER_TYPES, Descriptor, ImageManifest,
                                      Index, ParsedConfig, Platform, check_config_platform,
                                      load_json, parse_config, parse_manifest, select_platform)
-from hypervisor.oci.policy import AddressGuard, RegistryPolicy, check_url, redact_url
+from hypervisor.oci.policy import AddressGuard, RegistryPolicy, Target, check_url, redact_url
 from hypervisor.oci.reference import ImageReference, check_digest
 from hypervisor.oci.transport import Opened, open_request, tls_context
 
@@ -118,7 +119,7 @@ class RegistryClient:
         self._guard = guard or AddressGuard()
         self._base = policy.registry_url(registry)
         self._origin = _origin(self._base)
-        self._tls = tls_context(policy.ca_bundle)
+        self._tls: dict[Path | None, ssl.SSLContext] = {}  # by CA bundle (see ca_for)
         self._authorization: str | None = None
         self._secrets: list[str] = [credentials.password] if credentials and credentials.password \
             else []
@@ -302,7 +303,7 @@ class RegistryClient:
             if authorization is not None and target.origin == auth_origin:
                 sent["Authorization"] = authorization
             opened = open_request(target, method, sent, timeout=self.limits.timeout_s,
-                                  context=self._tls)
+                                  context=self._tls_for(target))
             if opened.status not in _REDIRECTS:
                 return opened
             location = opened.header("Location")
@@ -312,6 +313,14 @@ class RegistryClient:
             url = urljoin(url, location.strip())
             LOG.debug("redirected to %s", redact_url(url))
         raise RegistryError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _tls_for(self, target: Target) -> ssl.SSLContext:
+        """The TLS context for ``target``: the CAs the policy names for its host and port."""
+        bundle = self.policy.ca_for(target.host, target.port)
+        context = self._tls.get(bundle)
+        if context is None:
+            context = self._tls[bundle] = tls_context(bundle)
+        return context
 
     def _authenticate(self, challenges: list[Challenge], ref: ImageReference) -> str:
         """The ``Authorization`` value that answers the registry's challenge."""
@@ -337,10 +346,14 @@ class RegistryClient:
         realm = params["realm"]
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         basic = self._credentials.basic_header() if self._credentials else None
+        if basic is not None:
+            self._secrets.append(basic.split(" ", 1)[1])
         with self._follow("GET", url, {}, _origin(url), basic) as opened:
             if opened.status in (401, 403):
+                detail = self._error_body(opened)[1]  # the token service's reason, sanitised
                 raise Unauthorized(self._unauthorized_message(ref, f"the token service at "
-                                                              f"{redact_url(realm)}"))
+                                                              f"{redact_url(realm)}")
+                                   + (f" ({detail})" if detail else ""))
             if opened.status != 200:
                 raise RegistryError(f"the token service at {redact_url(realm)} answered HTTP "
                                     f"{opened.status}", temporary=opened.status >= 500)
@@ -383,7 +396,8 @@ class RegistryClient:
                 raise ImageNotFound(f"blob unknown: {name} of {image} not found")
             raise ImageNotFound(f"manifest unknown: {image} not found")
         if status == 401:
-            raise Unauthorized(self._unauthorized_message(ref, self.registry))
+            raise Unauthorized(self._unauthorized_message(ref, self.registry)
+                               + (f" ({detail})" if detail else ""))
         if status == 403:
             raise Unauthorized(f"denied: {self.registry} does not allow pulling {image}"
                                + (f" ({detail})" if detail else ""))

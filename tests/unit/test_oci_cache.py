@@ -13,11 +13,13 @@ import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hypervisor.oci import (BadLayer, BuildFailed, DigestMismatch, ImageCache, ImageNeverPull,
-                            InvalidImageName, PolicyRefused, RegistryPolicy)
+from hypervisor.oci import (BadLayer, BuildFailed, Credentials, DigestMismatch, ImageCache,
+                            ImageNeverPull, InvalidImageName, PolicyRefused, RegistryPolicy,
+                            Unauthorized)
 from hypervisor.oci.manifest import OCI_CONFIG, OCI_MANIFEST
 from tests.unit.test_oci_registry import FakeServer, allow, ok, servers  # noqa: F401
 
@@ -115,3 +117,38 @@ def test_never_and_invalid_names(tmp_path: Path) -> None:
         cache.ensure("Example.com/Demo/App")
     assert cache.remove_unused([]) == []
     assert os.listdir(cache.root / "tmp") == []
+
+
+def test_authorize_asks_the_registry_before_a_cached_image_is_used(
+        servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A cache shared by users who may not pull each other's images: with ``authorize``,
+    cached tags and digests are handed out only when the registry accepts the caller."""
+    monkeypatch.setattr(ImageCache, "_mkfs",
+                        lambda _self, _rootfs, disk, _digest: disk.write_bytes(b"erofs"))
+    registry = servers()
+    reference = serve_image(registry, tar_with("fine"))
+    manifest_route = registry.routes["/v2/demo/app/manifests/1.0"]
+    digest = sha(manifest_route(None)[2])  # type: ignore[arg-type]
+    registry.routes[f"/v2/demo/app/manifests/{digest}"] = manifest_route
+    creds = Credentials("u", "pw-of-u")
+    for path, route in list(registry.routes.items()):
+        def guarded(handler: Any, route: Any = route) -> Any:
+            if handler.headers.get("Authorization") != creds.basic_header():
+                return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+            return route(handler)
+        registry.routes[path] = guarded
+    cache = ImageCache(tmp_path / "oci", allow(registry))
+    assert cache.ensure(reference, creds, pull="IfNotPresent").built
+    pinned = f"{registry.host}/demo/app@{digest}"
+    # without authorize, anyone gets what is cached (IfNotPresent, or any digest)
+    assert cache.ensure(reference, None, pull="IfNotPresent").manifest_digest == digest
+    assert cache.ensure(pinned, None).manifest_digest == digest
+    for name, pull in ((reference, "IfNotPresent"), (reference, "Never"), (pinned, "Always")):
+        with pytest.raises(Unauthorized, match="requires credentials"):
+            cache.ensure(name, None, pull=pull, authorize=True)  # type: ignore[arg-type]
+        before = len(registry.requests)
+        image = cache.ensure(name, creds, pull=pull, authorize=True)  # type: ignore[arg-type]
+        assert not image.built and image.manifest_digest == digest
+        assert not [r for r in registry.requests[before:] if "/blobs/" in r[1]]
+    with pytest.raises(ImageNeverPull):  # nothing cached: Never still means never
+        cache.ensure(f"{registry.host}/demo/other:1", creds, pull="Never", authorize=True)

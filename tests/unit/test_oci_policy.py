@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,6 +140,18 @@ def test_registry_url_scheme() -> None:
     assert policy.registry_url("plain.example.com") == "http://plain.example.com"
     assert policy.registry_url("plain.example.com:8080") == "http://plain.example.com:8080"
     assert policy.registry_url("registry-1.docker.io") == "https://registry-1.docker.io"
+
+
+def test_a_registry_ca_is_for_its_registry_only() -> None:
+    lab_ca, bundle = Path("/lab/ca.crt"), Path("/etc/corp-ca.pem")
+    policy = RegistryPolicy(registry_cas=(("lab.example:5000", lab_ca), ("[::1]:5000", lab_ca)))
+    assert policy.ca_for("lab.example", 5000) == policy.ca_for("LAB.example", 5000) == lab_ca
+    assert policy.ca_for("::1", 5000) == lab_ca
+    assert policy.ca_for("lab.example", 443) is None  # the system's CAs
+    assert policy.ca_for("registry.example.com", 443) is None
+    with_bundle = RegistryPolicy(ca_bundle=bundle, registry_cas=(("lab.example", lab_ca),))
+    assert with_bundle.ca_for("lab.example", 1234) == lab_ca  # no port: every port
+    assert with_bundle.ca_for("registry.example.com", 443) == bundle
 
 
 def test_redact_url() -> None:

@@ -507,3 +507,28 @@ def test_basic_auth_without_credentials(servers: Callable[[], FakeServer]) -> No
         401, {"WWW-Authenticate": 'Negotiate abc'}, b"")
     with pytest.raises(Unauthorized, match="does not speak"):
         client(registry).resolve(ref(registry))
+
+
+def test_refusals_keep_the_registrys_reason(servers: Callable[[], FakeServer]) -> None:
+    """401s from the registry and from its token service keep what they said, scrubbed of
+    the password and of the Basic header that carries it (a token service may echo it)."""
+    registry, realm = servers(), servers()
+    token_registry(registry, realm, "tok", Image.make())
+    creds = Credentials("u", PASSWORD)
+
+    def refuse(handler: BaseHTTPRequestHandler) -> Reply:
+        said = f"no pod of demo here; you sent {handler.headers.get('Authorization')}"
+        return 401, {}, json.dumps({"errors": [{"code": "DENIED", "message": said}]}).encode()
+
+    realm.routes["/token"] = refuse
+    with pytest.raises(Unauthorized, match="refused the credentials") as info:
+        client(registry, allow(registry, realm), creds).resolve(ref(registry))
+    message = str(info.value)
+    assert "no pod of demo here; you sent Basic ***" in message
+    assert PASSWORD not in message and creds.basic_header().split()[1] not in message
+    realm.routes["/token"] = ok(b'{"token": "not-enough"}')  # a token without the scope
+    challenge = registry.routes["/v2/demo/app/manifests/1.0"]
+    registry.routes["/v2/demo/app/manifests/1.0"] = lambda h: challenge(h)[:2] + (
+        b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',)
+    with pytest.raises(Unauthorized, match=r"refused the credentials .*\(authentication required\)"):
+        client(registry, allow(registry, realm), creds).resolve(ref(registry))
