@@ -37,6 +37,7 @@ from typing import Literal, Self
 import pytest
 
 from hypervisor.proc import ProcessError, run
+import contextlib
 
 LOG = logging.getLogger(__name__)
 
@@ -146,10 +147,8 @@ def _cleanup(base_dir: Path, data_dir: Path) -> None:
         except ProcessLookupError:
             pass
         if not _wait_gone(pid, 10):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     shutil.rmtree(base_dir, ignore_errors=True)
 
 
