@@ -142,10 +142,8 @@ def _cleanup(base_dir: Path, data_dir: Path) -> None:
     """Last-resort cleanup (also run at interpreter exit): kill our server, remove files."""
     pid = _read_pid(data_dir)
     if pid is not None and _alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
-        except ProcessLookupError:
-            pass
         if not _wait_gone(pid, 10):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
