@@ -153,6 +153,9 @@ def _summary(s: Settings) -> None:
     addr = s.public_host or primary_address()
     out.print(f"API:        https://{addr}:{s.api_port}")
     out.print(f"Dashboard:  https://{addr}:{s.dashboard_port}")
+    if s.registry_enabled:
+        out.print(f"Registry:   {addr}:{s.registry_port}  (images: {addr}:{s.registry_port}"
+                  "/NAMESPACE/IMAGE:TAG; `lab registry login`)")
     marker = s.run_dir / "admin-password-unshown"
     if marker.exists():
         out.print("Administrator (shown once; also kept in "

@@ -81,6 +81,12 @@ class Access:
             if basic is None:
                 raise Unauthenticated(f"unsupported authorization scheme {scheme[:20]!r}")
             name, secret = basic
+            head, _, tail = secret.rpartition(":")
+            if head and tail.startswith(users.TOKEN_PREFIX):
+                # A user name with colons (a host agent's "system:node:NAME") cannot be
+                # told from the secret in Basic credentials: the token is what follows
+                # the last colon, and it must belong to exactly that user.
+                name, secret = f"{name}:{head}", tail
             if secret.startswith(users.TOKEN_PREFIX):
                 user = users.resolve_token(txn.session, secret)
                 if user is None or user.name != name:

@@ -10,6 +10,7 @@ leaves nothing behind, and bad input reported with Kubernetes' reasons.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import shutil
@@ -294,6 +295,63 @@ def test_bad_images_get_kubernetes_reasons_and_no_vm(podlab: PodLab, name: str, 
     assert podlab.phase(name) == "Pending"
     assert not any(d.endswith(f"_{name}") for d in podlab.domains())
     podlab.kc.run("delete", "pod", name, "--wait=true", timeout=60)
+
+
+def test_pods_pull_from_their_own_registry_project_with_no_secret(
+        podlab: PodLab, tmp_path: Path) -> None:
+    """The lab registry (issue 12): the namespace's project needs no pull secret; another
+    namespace's project does, and without one the pod gets the registry's refusal."""
+    server = podlab.server
+    user, password = server.admin_credentials
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(Path(server.ca_file).read_bytes())
+    image = f"{server.registry}/{podlab.ns}/busybox:1"
+    subprocess.run(["skopeo", "copy", "--insecure-policy", "--quiet", "--src-tls-verify=false",
+                    "--dest-cert-dir", str(certs), "--dest-creds", f"{user}:{password}",
+                    f"docker://{podlab.busybox}", f"docker://{image}"],
+                   check=True, timeout=300, capture_output=True)
+    podlab.apply(pod("own-project", image, ["sh", "-c", "echo pulled from the lab registry"],
+                     restartPolicy="Never"))
+    got = podlab.wait_phase("own-project", "Succeeded", "Failed")
+    assert got["status"]["phase"] == "Succeeded", podlab.describe("own-project")
+    assert "pulled from the lab registry" in podlab.kc.run("logs", "own-project").stdout
+
+    other = f"{podlab.ns}-other"
+    podlab.kc.run("create", "namespace", other)
+    try:
+        podlab.kc.run("apply", "-n", other, "-f", "-", input=yaml.safe_dump(
+            pod("no-secret", image, ["true"], restartPolicy="Never")))
+
+        def waiting() -> dict[str, Any]:
+            got = json.loads(podlab.kc.run("get", "pod", "no-secret", "-n", other, "-o",
+                                           "json").stdout)
+            statuses = (got.get("status") or {}).get("containerStatuses") or []
+            return ((statuses[0].get("state") or {}).get("waiting") or {}) if statuses else {}
+
+        wait_for("no-secret to fail its pull",
+                 lambda: waiting().get("reason") in ("ErrImagePull", "ImagePullBackOff"), 120,
+                 1, describe=lambda: podlab.kc.run("describe", "pod", "no-secret", "-n",
+                                                   other, check=False).stdout)
+        message = waiting().get("message", "")
+        assert "no anonymous access" in message or "authentication required" in message, \
+            message
+        # with a pull secret of someone who may pull there, like any private registry
+        config = json.dumps({"auths": {server.registry: {"auth": base64.b64encode(
+            f"{user}:{password}".encode()).decode()}}})
+        podlab.kc.run("create", "secret", "generic", "lab-pull", "-n", other,
+                      "--type=kubernetes.io/dockerconfigjson",
+                      f"--from-literal=.dockerconfigjson={config}")
+        podlab.kc.run("apply", "-n", other, "-f", "-", input=yaml.safe_dump(
+            pod("with-secret", image, ["sh", "-c", "echo pulled with a secret"],
+                restartPolicy="Never", imagePullSecrets=[{"name": "lab-pull"}])))
+        wait_for("with-secret to succeed", lambda: json.loads(podlab.kc.run(
+            "get", "pod", "with-secret", "-n", other, "-o", "json").stdout).get(
+            "status", {}).get("phase") in ("Succeeded", "Failed"), POD_TIMEOUT, 1)
+        assert "pulled with a secret" in podlab.kc.run("logs", "with-secret", "-n",
+                                                       other).stdout
+    finally:
+        podlab.kc.run("delete", "namespace", other, "--wait=true", timeout=180, check=False)
 
 
 def test_a_command_that_does_not_exist(podlab: PodLab) -> None:
