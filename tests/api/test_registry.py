@@ -422,3 +422,28 @@ def _add_layer(layout: Path, payload: bytes) -> None:
     manifest_bytes = json.dumps(manifest).encode()
     desc.update({"digest": "sha256:" + put(manifest_bytes), "size": len(manifest_bytes)})
     (layout / "index.json").write_text(json.dumps(index))
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+
+
+def test_a_registry_that_dies_is_started_again(lab: LabServer, pushed: str, certs: Path
+                                               ) -> None:
+    pidfile = lab.state_dir / "run" / "registry.pid"
+    pid = int(pidfile.read_text().split()[0])
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(
+        b"docker-registry")
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            new = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError):
+            new = pid
+        if new != pid and Path(f"/proc/{new}").exists():
+            break
+        time.sleep(0.2)
+    assert new != pid, "no new registry process"
+    r = skopeo("inspect", "--cert-dir", str(certs), "--creds", f"vera:{PASSWORD}",
+               f"docker://{pushed}")
+    assert r.returncode == 0, r.stderr
