@@ -84,9 +84,11 @@ class Access:
             head, _, tail = secret.rpartition(":")
             if head and tail.startswith(users.TOKEN_PREFIX):
                 # A user name with colons (a host agent's "system:node:NAME") cannot be
-                # told from the secret in Basic credentials: the token is what follows
-                # the last colon, and it must belong to exactly that user.
-                name, secret = f"{name}:{head}", tail
+                # told from the secret in Basic credentials: the token may be what follows
+                # the last colon, if it belongs to exactly that user.
+                user = users.resolve_token(txn.session, tail)
+                if user is not None and user.name == f"{name}:{head}":
+                    return user
             if secret.startswith(users.TOKEN_PREFIX):
                 user = users.resolve_token(txn.session, secret)
                 if user is None or user.name != name:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 MAX_NAME = 255
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 REPOSITORY_ACTIONS = ("pull", "push", "delete")
 
@@ -101,8 +101,9 @@ def object_name(repository: str) -> str:
 
     path = repository.split("/", 1)[1]
     simple = path.replace("/", ".")
-    if "/" not in path and re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,200}[a-z0-9])?", simple) \
-            and "." not in simple:
+    # A plain name is kept unless it could pass for another repository's hashed name.
+    if re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,200}[a-z0-9])?", simple) and \
+            not re.search(r"-[0-9a-f]{8}$", simple):
         return simple
     digest = hashlib.sha256(repository.encode()).hexdigest()[:8]
     cleaned = re.sub(r"[^a-z0-9.-]+", "-", simple).strip(".-")[:200] or "repo"

@@ -70,8 +70,13 @@ class Projects:
         return Room(limit, text, used)
 
     def _object(self, repository: str) -> Obj | None:
-        return get_or_none(self.api, REPOSITORIES, project_of(repository),
-                           object_name(repository))
+        obj = get_or_none(self.api, REPOSITORIES, project_of(repository),
+                          object_name(repository))
+        if obj is not None and (obj.get("spec") or {}).get("name") != repository:
+            raise errors.conflict("repositories", GROUP, object_name(repository),
+                                  f"the name is taken by repository "
+                                  f"{(obj.get('spec') or {}).get('name')}")
+        return obj
 
     def _ensure(self, repository: str) -> Obj:
         obj = self._object(repository)

@@ -224,27 +224,31 @@ class Storage:
     # -- removing -----------------------------------------------------------------------
 
     def remove(self, name: str) -> bool:
-        """Remove a repository's directory (its links, not the blobs); True if it existed.
+        """Remove a repository's own directories (its links, not the blobs); True if it
+        existed. A nested repository (``dev/a/b`` inside ``dev/a``) is left alone.
 
         Call only while the registry cannot write (read-only or stopped)."""
         parts = check_repository(name).split("/")
         try:
-            parent = self._fd("repositories", *parts[:-1])
+            repo = self._fd("repositories", *parts)
         except OSError:
             return False
+        found = False
         try:
-            try:
-                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
-                return False
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(parts[-1], dir_fd=parent)
-            else:
-                os.unlink(parts[-1], dir_fd=parent)
+            for own in ("_manifests", "_layers", "_uploads"):
+                try:
+                    st = os.stat(own, dir_fd=repo, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                found = True
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(own, dir_fd=repo)
+                else:
+                    os.unlink(own, dir_fd=repo)
         finally:
-            os.close(parent)
-        # Empty parents (nested names), up to and including the project's directory.
-        for depth in range(len(parts) - 1, 0, -1):
+            os.close(repo)
+        # The repository's directory and its parents, each only once empty.
+        for depth in range(len(parts), 0, -1):
             try:
                 fd = self._fd("repositories", *parts[:depth - 1])
             except OSError:
@@ -255,7 +259,7 @@ class Storage:
                 break
             finally:
                 os.close(fd)
-        return True
+        return found
 
 
 def _is_file(dirfd: int, path: str) -> bool:
