@@ -44,6 +44,8 @@ from appliance.vmservice.catalog import Catalog
 LOG = logging.getLogger(__name__)
 
 ADMIN_TOKEN_TTL = 30 * 24 * 3600
+#: The Lease whose holder runs the controllers (namespace, name).
+LEADER_LEASE = ("kube-system", "pacific-lab-controllers")
 NODE_TOKEN_TTL = 365 * 24 * 3600
 
 
@@ -240,6 +242,18 @@ class HostService:
         kubeconfig.write(self.settings.admin_kubeconfig_path, config)
 
     def _start_controllers(self, sup: Supervisor) -> None:
+        """Controllers and schedulers run in one supervisor at a time: the one holding the
+        Lease (appliance.controllers.leader). Alone on its store, that is this one."""
+        from appliance.controllers.leader import LeaderElector, identity
+
+        elector = LeaderElector(LocalApi(sup.service), LEADER_LEASE[0], LEADER_LEASE[1],
+                                identity(str(self.settings.state_dir.resolve())))
+        self.elector = elector
+        self._thread(lambda stop: elector.run(stop, lambda term: self._lead(sup, term.stop)),
+                     "leader-election")
+
+    def _lead(self, sup: Supervisor, stop: threading.Event) -> list[threading.Thread]:
+        """Start this term's controllers; they end when ``stop`` is set."""
         s = self.settings
         controllers: list[Controller] = [
             NamespaceController(sup.service),
@@ -257,9 +271,13 @@ class HostService:
 
             controllers += NetworkStack(LocalApi(sup.service), s,
                                         NetworkConfig.from_settings(s)).controllers()
-        for c in controllers:
-            self._thread(c.run, c.name)
-        self._thread(self._housekeeping, "housekeeping")
+        threads = [threading.Thread(target=c.run, args=(stop,), name=c.name, daemon=True)
+                   for c in controllers]
+        threads.append(threading.Thread(target=self._housekeeping, args=(stop,),
+                                        name="housekeeping", daemon=True))
+        for t in threads:
+            t.start()
+        return threads
 
     def _housekeeping(self, stop: threading.Event) -> None:
         while not stop.wait(60.0):
@@ -342,6 +360,9 @@ class HostService:
         Every acknowledged write is already committed, so nothing is lost by
         not waiting for long-lived watches to end."""
         self.stop.set()
+        for t in self.threads:
+            if t.name == "leader-election":  # it releases the Lease for the next leader
+                t.join(grace)
         if self.registry_front is not None:
             self.registry_front.shutdown()
         if self.registry_daemon is not None:

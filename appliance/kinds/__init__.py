@@ -2,7 +2,18 @@
 
 from collections.abc import Sequence
 
-from appliance.kinds import capi, capv, core, network, pods, rbac, repositories, tanzu, vmop
+from appliance.kinds import (
+    capi,
+    capv,
+    coordination,
+    core,
+    network,
+    pods,
+    rbac,
+    repositories,
+    tanzu,
+    vmop,
+)
 from appliance.kinds.registry import Registry
 
 
@@ -22,4 +33,5 @@ def default_registry(lab_ranges: Sequence[str] = ()) -> Registry:
     registry.extend(capv.KINDS)
     registry.extend(tanzu.kinds(lab_ranges))
     registry.extend(repositories.KINDS)
+    registry.extend(coordination.KINDS)
     return registry

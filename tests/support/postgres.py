@@ -19,6 +19,7 @@ Use it as a context manager, or import the session fixture into a conftest::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
@@ -37,7 +38,6 @@ from typing import Literal, Self
 import pytest
 
 from hypervisor.proc import ProcessError, run
-import contextlib
 
 LOG = logging.getLogger(__name__)
 
