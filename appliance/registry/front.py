@@ -31,6 +31,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,42 @@ class RegistryFront:
         self.known_hosts = {h.lower() for h in known_hosts}
         self.servers: list[ThreadingHTTPServer] = []
         self.threads: list[threading.Thread] = []
+        self._sync_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="registry-sync")
+        self._sync_lock = threading.Lock()
+        self._sync_pending: set[str] = set()
+        self._sync_again: set[str] = set()
+
+    def sync_soon(self, repository: str) -> None:
+        """Bring ``repository``'s object up to date after the answer has gone out (the
+        client need not wait for the store's writes); each repository once at a time."""
+        with self._sync_lock:
+            if repository in self._sync_pending:
+                self._sync_again.add(repository)
+                return
+            self._sync_pending.add(repository)
+        self._sync_pool.submit(self._sync, repository)
+
+    def prepare_soon(self, repository: str) -> None:
+        self._sync_pool.submit(self._prepare, repository)
+
+    def _prepare(self, repository: str) -> None:
+        try:
+            self.projects.prepare(repository)
+        except Exception as exc:  # noqa: BLE001 - reserve() makes it if this could not
+            LOG.debug("registry: could not prepare %s: %s", repository, exc)
+
+    def _sync(self, repository: str) -> None:
+        while True:
+            try:
+                self.projects.sync(repository)
+            except Exception as exc:  # noqa: BLE001 - the controller's resync catches up
+                LOG.warning("registry: could not record %s: %s", repository, exc)
+            with self._sync_lock:
+                if repository in self._sync_again:
+                    self._sync_again.discard(repository)
+                    continue
+                self._sync_pending.discard(repository)
+                return
 
     def connect(self, timeout: float = 300.0) -> http.client.HTTPConnection:
         return _UnixConnection(self.upstream, timeout)
@@ -121,6 +158,7 @@ class RegistryFront:
             self.threads.append(thread)
 
     def shutdown(self) -> None:
+        self._sync_pool.shutdown(wait=False, cancel_futures=True)
         for server in self.servers:
             server.shutdown()
             server.server_close()
@@ -189,6 +227,9 @@ class _TlsServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
+        # Headers and body go out in separate writes: without this the body of every small
+        # answer (a token) waits ~40 ms for the client's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The TLS handshake happens in the request's own thread (see _Handler.setup), so a
         # slow or silent client never holds up the accept loop.
         return self.context.wrap_socket(sock, server_side=True,
@@ -310,7 +351,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upload(self, name: str) -> None:
         length = self._length()
-        if not self._may_push(name) or (length == 0 and not self._chunked()):
+        if not self._may_push(name):
+            self._forward()
+            return
+        if self.command == "POST":
+            # A push begins: make its Repository now, off the request's path, so that the
+            # manifest at its end costs one write to the store, not two.
+            self.owner.prepare_soon(name)
+        if length == 0 and not self._chunked():
             self._forward()
             return
         room = self.owner.projects.room(project_of(name))
@@ -350,7 +398,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise RegistryError(403, "DENIED", refusal or err.message) from err
         status = self._forward(body=body)
         if status in (200, 201) or self._may_push(name):
-            self.owner.projects.sync(name)
+            self.owner.sync_soon(name)
 
     def _size_after(self, name: str, body: bytes) -> int:
         """The repository's size once this manifest is stored: distinct blobs counted once."""

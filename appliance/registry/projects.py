@@ -100,11 +100,15 @@ class Projects:
                                   "the repository changed; try again")
         return obj
 
+    def prepare(self, repository: str) -> None:
+        """Make the repository's object ahead of its first manifest (a push has begun)."""
+        if self._object(repository) is None:
+            self._create(repository)
+
     def reserve(self, repository: str, size: int) -> None:
         """Record that ``repository`` will hold ``size`` bytes; the quota may refuse (and a
-        repository made for this push alone is then not left behind)."""
+        repository with nothing stored is then not left behind)."""
         obj = self._object(repository)
-        made = obj is None
         if obj is None:
             obj = self._create(repository)
         status = dict(obj.get("status") or {})
@@ -115,7 +119,7 @@ class Projects:
         try:
             self.api.update(REPOSITORIES, project_of(repository), obj, "status")
         except errors.ApiError:
-            if made and self.storage.describe(repository).manifests == 0:
+            if self.storage.describe(repository).manifests == 0:
                 try:
                     self.api.delete(REPOSITORIES, project_of(repository),
                                     obj["metadata"]["name"])

@@ -99,6 +99,15 @@ def pushed(lab: LabServer, people: People, certs: Path, layout: Path) -> str:
     r = skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", f"eddie:{PASSWORD}",
                f"oci:{layout}:{LAYOUT_TAG}", f"docker://{ref}")
     assert r.returncode == 0, r.stderr
+    # The Repository object follows the push by moments (written after the answer).
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        got = session(lab).get(
+            f"{lab.url}/apis/registry.pacific.lab/v1/namespaces/team-a/repositories/busybox",
+            headers={"Authorization": f"Bearer {people.tokens['vera']}"}, timeout=30)
+        if got.status_code == 200 and (got.json().get("status") or {}).get("tags"):
+            break
+        time.sleep(0.2)
     return ref
 
 
