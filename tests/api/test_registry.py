@@ -242,22 +242,22 @@ def test_only_an_owner_deletes(lab: LabServer, people: People, certs: Path, layo
 def test_push_over_the_storage_limit_is_refused(lab: LabServer, admin_api: Api, people: People,
                                                 certs: Path, layout: Path) -> None:
     r = admin_api.call("POST", "/api/v1/namespaces", json={
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tiny"}})
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "reg-tiny"}})
     assert r.status_code == 201, r.text
-    r = admin_api.call("POST", "/api/v1/namespaces/tiny/resourcequotas", json={
+    r = admin_api.call("POST", "/api/v1/namespaces/reg-tiny/resourcequotas", json={
         "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limits"},
         "spec": {"hard": {"requests.storage": "300Ki"}}})
     assert r.status_code == 201, r.text
     user, password = lab.admin_credentials
     r = skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", f"{user}:{password}",
-               f"oci:{layout}:{LAYOUT_TAG}", f"docker://{lab.registry}/tiny/busybox:1")
+               f"oci:{layout}:{LAYOUT_TAG}", f"docker://{lab.registry}/reg-tiny/busybox:1")
     assert r.returncode != 0
-    assert "storage quota of namespace tiny exceeded" in r.stderr, r.stderr
+    assert "storage quota of namespace reg-tiny exceeded" in r.stderr, r.stderr
     assert "limit 300Ki" in r.stderr and "used 0B" in r.stderr and "requested" in r.stderr, \
         r.stderr
-    r = admin_api.call("GET", "/apis/registry.pacific.lab/v1/namespaces/tiny/repositories")
+    r = admin_api.call("GET", "/apis/registry.pacific.lab/v1/namespaces/reg-tiny/repositories")
     assert [i for i in r.json()["items"] if (i.get("status") or {}).get("manifests")] == []
-    admin_api.call("DELETE", "/api/v1/namespaces/tiny")
+    admin_api.call("DELETE", "/api/v1/namespaces/reg-tiny")
 
 
 # -- hostile input ------------------------------------------------------------------------------
@@ -352,10 +352,10 @@ def test_huge_manifest_and_bad_digest_are_refused_and_nothing_lands_outside(
 @pytest.fixture
 def doomed(admin_api: Api) -> Iterator[str]:
     r = admin_api.call("POST", "/api/v1/namespaces", json={
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "doomed"}})
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "reg-doomed"}})
     assert r.status_code == 201, r.text
-    yield "doomed"
-    admin_api.call("DELETE", "/api/v1/namespaces/doomed")
+    yield "reg-doomed"
+    admin_api.call("DELETE", "/api/v1/namespaces/reg-doomed")
 
 
 def test_deleting_the_namespace_removes_its_repositories_and_unreferenced_blobs(
@@ -365,31 +365,31 @@ def test_deleting_the_namespace_removes_its_repositories_and_unreferenced_blobs(
     creds = ["--dest-cert-dir", str(certs), "--dest-creds", f"{user}:{password}"]
     # busybox (the same blobs as team-a/busybox) and an image of its own
     assert skopeo("copy", *creds, f"oci:{layout}:{LAYOUT_TAG}",
-                  f"docker://{lab.registry}/doomed/busybox:1").returncode == 0
+                  f"docker://{lab.registry}/reg-doomed/busybox:1").returncode == 0
     own = tmp_path / "own"
     r = skopeo("copy", f"oci:{layout}:{LAYOUT_TAG}", f"oci:{own}:x")
     assert r.returncode == 0, r.stderr
     _add_layer(own, b"only in doomed " * 1000)
-    r = skopeo("copy", *creds, f"oci:{own}:x", f"docker://{lab.registry}/doomed/tools/own:2")
+    r = skopeo("copy", *creds, f"oci:{own}:x", f"docker://{lab.registry}/reg-doomed/tools/own:2")
     assert r.returncode == 0, r.stderr
     data = lab.state_dir / "registry" / "data" / "docker" / "registry" / "v2"
     def linked(repo: str) -> set[str]:
         return {p.name for p in (data / "repositories" / repo / "_layers" / "sha256").iterdir()}
 
-    only_doomed = linked("doomed/tools/own") - linked("team-a/busybox")
+    only_doomed = linked("reg-doomed/tools/own") - linked("team-a/busybox")
     assert only_doomed, "the image of its own shares every blob"
     blob_paths = [data / "blobs" / "sha256" / b[:2] / b / "data" for b in only_doomed]
     assert all(p.exists() for p in blob_paths)
-    assert (data / "repositories" / "doomed" / "tools" / "own").is_dir()
+    assert (data / "repositories" / "reg-doomed" / "tools" / "own").is_dir()
 
-    r = admin_api.call("DELETE", "/api/v1/namespaces/doomed")
+    r = admin_api.call("DELETE", "/api/v1/namespaces/reg-doomed")
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and \
-            admin_api.call("GET", "/api/v1/namespaces/doomed").status_code != 404:
+            admin_api.call("GET", "/api/v1/namespaces/reg-doomed").status_code != 404:
         time.sleep(0.5)
-    assert admin_api.call("GET", "/api/v1/namespaces/doomed").status_code == 404
-    assert not (data / "repositories" / "doomed").exists()
+    assert admin_api.call("GET", "/api/v1/namespaces/reg-doomed").status_code == 404
+    assert not (data / "repositories" / "reg-doomed").exists()
     assert not [p for p in blob_paths if p.exists()], "unreferenced blobs are still stored"
     # team-a's image, which shared blobs with doomed/busybox, is whole
     r = skopeo("inspect", "--cert-dir", str(certs), "--creds", f"vera:{PASSWORD}",
