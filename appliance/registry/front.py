@@ -456,13 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
                 while self.rfile.readline(MAX_CHUNK_LINE).strip():
                     pass  # trailers
                 return
-            remaining = size
-            while remaining:
-                data = self.rfile.read(min(remaining, CHUNK))
-                if not data:
-                    raise OSError("client went away")
-                remaining -= len(data)
-                yield data
+            yield from self._fixed(size)
             self.rfile.readline(MAX_CHUNK_LINE)
 
     def _body(self, length: int | None, cap: int | None, over: Any) -> Iterator[bytes]:

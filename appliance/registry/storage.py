@@ -125,36 +125,33 @@ class Storage:
             except OSError:
                 continue
 
-    def blob_size(self, digest: str) -> int | None:
+    @contextlib.contextmanager
+    def _blob_dir(self, digest: str) -> Iterator[int | None]:
+        """A descriptor of the blob's directory, None if the digest is bad or not stored."""
         m = _DIGEST.fullmatch(digest)
-        if not m:
-            return None
-        hexd = m.group(1)
+        fd = None
+        if m:
+            with contextlib.suppress(OSError):
+                fd = self._fd("blobs", "sha256", m.group(1)[:2], m.group(1))
         try:
-            fd = self._fd("blobs", "sha256", hexd[:2], hexd)
-        except OSError:
-            return None
-        try:
-            st = os.stat("data", dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            return None
+            yield fd
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
+
+    def blob_size(self, digest: str) -> int | None:
+        with self._blob_dir(digest) as fd:
+            if fd is None:
+                return None
+            try:
+                st = os.stat("data", dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                return None
         return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def read_blob(self, digest: str, limit: int = MAX_MANIFEST) -> bytes | None:
-        m = _DIGEST.fullmatch(digest)
-        if not m:
-            return None
-        hexd = m.group(1)
-        try:
-            fd = self._fd("blobs", "sha256", hexd[:2], hexd)
-        except OSError:
-            return None
-        try:
-            return _read_small(fd, "data", limit)
-        finally:
-            os.close(fd)
+        with self._blob_dir(digest) as fd:
+            return None if fd is None else _read_small(fd, "data", limit)
 
     def describe(self, name: str) -> RepositoryInfo:
         """Tags, manifests and size of one repository (empty if it is not stored)."""
