@@ -456,3 +456,48 @@ def test_a_registry_that_dies_is_started_again(lab: LabServer, pushed: str, cert
     r = skopeo("inspect", "--cert-dir", str(certs), "--creds", f"vera:{PASSWORD}",
                f"docker://{pushed}")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_chunked_upload_goes_through_and_one_over_the_quota_is_cut_off(
+        lab: LabServer, admin_api: Api, people: People) -> None:
+    """Bodies without a Content-Length (chunked), as some clients send them."""
+    import http.client
+
+    def chunked_put(repo: str, payload: bytes) -> tuple[int, str]:
+        headers = bearer(lab, f"repository:{repo}:pull,push", lab.admin_credentials)
+        s = session(lab)
+        base = f"https://{lab.registry}"
+        r = s.post(f"{base}/v2/{repo}/blobs/uploads/", headers=headers, timeout=30)
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        path = location.split(lab.registry, 1)[-1]
+        digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+        host, port = lab.registry.rsplit(":", 1)
+        conn = http.client.HTTPSConnection(
+            host, int(port), timeout=30, context=ssl.create_default_context(cafile=lab.ca_file))
+        try:
+            sep = "&" if "?" in path else "?"
+            conn.request("PUT", f"{path}{sep}digest={digest}",
+                         body=iter([payload[i:i + 65536] for i in range(0, len(payload), 65536)]),
+                         headers={**headers, "Content-Type": "application/octet-stream"},
+                         encode_chunked=True)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    status, text = chunked_put("team-a/chunked", os.urandom(300_000))
+    assert status == 201, text
+    r = admin_api.call("POST", "/api/v1/namespaces", json={
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "reg-chunked"}})
+    assert r.status_code == 201, r.text
+    r = admin_api.call("POST", "/api/v1/namespaces/reg-chunked/resourcequotas", json={
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limits"},
+        "spec": {"hard": {"requests.storage": "100Ki"}}})
+    assert r.status_code == 201, r.text
+    try:
+        status, text = chunked_put("reg-chunked/big", os.urandom(300_000))
+        assert status == 403 and "storage quota of namespace reg-chunked exceeded" in text, \
+            (status, text)
+    finally:
+        admin_api.call("DELETE", "/api/v1/namespaces/reg-chunked")
