@@ -111,6 +111,20 @@ def _start_service(s: Settings) -> None:
     console.print(f"[green]✓[/] host service running (pid {pid}, logs in {_logfile(s)})")
 
 
+def _leader(s: Settings) -> str:
+    """Who holds the controllers' Lease, read with the administrator's kubeconfig."""
+    from appliance.errors import ApiError
+    from appliance.service import LEADER_LEASE
+
+    try:
+        client, _ = _api_from_kubeconfig(str(s.admin_kubeconfig_path))
+        lease = client.get(client.path("coordination.k8s.io", "v1", "leases",
+                                       LEADER_LEASE[0], LEADER_LEASE[1]))
+    except (ApiError, click.ClickException, requests.RequestException, OSError):
+        return ""
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
 def _api_ready(s: Settings) -> bool:
     ca = s.pki_dir / "ca.crt"
     if not ca.exists():
@@ -205,19 +219,27 @@ def down() -> None:
 @main.command()
 def status() -> None:
     """Show whether the host service runs and what the host is."""
+    from appliance.registry import registry_host
     from appliance.service import load_facts
 
     s = _settings()
     running = _running(s)
     out.print(f"host service: {'running' if running else 'stopped'}")
+    ready = running and _api_ready(s)
     if running:
-        out.print(f"API: {'ready' if _api_ready(s) else 'not ready'} "
+        out.print(f"API: {'ready' if ready else 'not ready'} "
                   f"(https://127.0.0.1:{s.api_port})")
+    if ready:
+        out.print(f"controllers: led by {_leader(s) or 'nobody yet'}")
+        if s.registry_enabled:
+            out.print(f"registry: {registry_host(s)}")
     facts = load_facts(s) if s.host_facts_path.exists() else {}
     if facts:
         out.print(f"accelerator: {facts.get('accelerator')}  OVS datapath: "
                   f"{facts.get('ovs_datapath')}  CPUs: {facts.get('cpus')}  memory: "
                   f"{int(facts.get('memory_bytes') or 0) // 2**20} MiB")
+        if facts.get("kvm_error"):
+            out.print(f"KVM not used: {facts['kvm_error']}", markup=False, highlight=False)
     if not running:
         sys.exit(3)
 
@@ -863,6 +885,74 @@ def registry_logout(host: str | None, authfile: str | None, docker_config: str |
         click.echo(f"removed {path}")
     if not edited and not removed:
         click.echo(f"not logged in to {host}")
+
+
+# -- Vagrant boxes -------------------------------------------------------------------------------
+
+
+@main.group("box")
+def box_group() -> None:
+    """Vagrant boxes: `vagrant up lab` (vagrant/) boots a lab host from the box built here."""
+
+
+@box_group.command("build")
+@click.option("--force", is_flag=True, help="Rebuild the image and pack the box again.")
+@click.option("--user", "user_name", default=None,
+              help="Add the box to this user's Vagrant and hand them the key pair "
+                   "(default: the user who ran sudo, else this one).")
+@click.option("--no-add", is_flag=True, help="Only make the box file; no `vagrant box add`.")
+def box_build(force: bool, user_name: str | None, no_add: bool) -> None:
+    """Build the box pacific-lab/debian-12 (cached by its inputs) and add it to Vagrant."""
+    from hypervisor import boximage
+
+    s = _settings()
+    try:
+        user = boximage.vagrant_user(user_name)
+        started = time.monotonic()
+        with _progress_bar() as progress:
+            task = progress.add_task("building", total=100)
+            box = boximage.build_box(s.project_root, s.cache_dir, s.state_dir / "vagrant",
+                                     progress=_on_progress(progress, task), force=force,
+                                     key_owner=(user.uid, user.gid))
+            progress.update(task, completed=100, description="built")
+        built = time.monotonic() - started
+        added = False if no_add else boximage.add_box(box, user)
+    except (boximage.ImageError, OSError) as exc:
+        raise click.ClickException(f"box build failed: {exc}") from exc
+    console.print(f"[green]✓[/] {box.name} {box.version} ({box.size_bytes // 2**20} MiB, "
+                  f"{built:.0f} s): {box.path}")
+    if no_add:
+        console.print(f"  add it with: vagrant box add {box.catalog}")
+    elif added:
+        console.print(f"[green]✓[/] added to {user.vagrant_home} (user {user.name}, "
+                      f"{time.monotonic() - started - built:.0f} s)")
+    else:
+        console.print(f"[green]✓[/] already in {user.vagrant_home} (user {user.name})")
+    console.print(f"  SSH key: {box.private_key}")
+    console.print(f"  next: cd {s.project_root / 'vagrant'} && vagrant up lab")
+
+
+@box_group.command("list")
+@click.option("--user", "user_name", default=None,
+              help="Whose Vagrant to look in (default: the user who ran sudo, else this one).")
+def box_list(user_name: str | None) -> None:
+    """Boxes built here, and whether the user's Vagrant has them."""
+    from hypervisor import boximage
+
+    s = _settings()
+    try:
+        user = boximage.vagrant_user(user_name)
+    except boximage.ImageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    added = boximage.box_dirs(user.vagrant_home)
+    boxes = boximage.list_boxes(s.cache_dir / "boxes")
+    for box in boxes:
+        state = "added" if box.version in added else "not added"
+        click.echo(f"{box.name}\t{box.version}\t{box.size_bytes // 2**20} MiB\t{state}\t"
+                   f"{box.path}")
+    for version in sorted(set(added) - {box.version for box in boxes}):
+        click.echo(f"{boximage.BOX_NAME}\t{version}\t-\tadded (no longer built here)\t"
+                   f"{added[version]}")
 
 
 # -- tests ---------------------------------------------------------------------------------------
