@@ -207,7 +207,11 @@ def requirements(project_root: Path) -> list[str]:
 
 
 def wheelhouse_key(project_root: Path) -> str:
-    recipe = {"requirements": requirements(project_root), "python": list(IMAGE_PYTHON),
+    return _wheelhouse_key(requirements(project_root))
+
+
+def _wheelhouse_key(specs: Sequence[str]) -> str:
+    recipe = {"requirements": list(specs), "python": list(IMAGE_PYTHON),
               "machine": platform.machine(), "version": WHEELHOUSE_VERSION}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
@@ -218,31 +222,39 @@ def ensure_wheelhouse(project_root: Path, cache_dir: Path, *, progress: Progress
 
     ``python`` (default: this interpreter) must be the image's Python version:
     the wheels of C extensions are built for it."""
+    return build_wheelhouse(requirements(project_root), cache_dir, "wheelhouse",
+                            progress=progress, python=python)
+
+
+def build_wheelhouse(specs: Sequence[str], cache_dir: Path, prefix: str, *,
+                     progress: Progress = None, python: str | None = None) -> Path:
+    """``cache_dir/<prefix>-<key>``: the wheels of ``specs`` (``pip wheel``), built once and
+    kept by a key of the specs, the Python and the machine; older ones of ``prefix`` go."""
     python = python or sys.executable
-    key = wheelhouse_key(project_root)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"wheelhouse-{key[:16]}"
+    path = cache_dir / f"{prefix}-{_wheelhouse_key(specs)[:16]}"
     with _locked(cache_dir / f".{path.name}.lock"):
         if (path / "wheels.json").is_file():
             return path
         _check_python(python)
         _report(progress, "building the wheelhouse", 0.0)
         LOG.info("[%s] building the wheelhouse %s with %s", NAME, path, python)
-        work = Path(tempfile.mkdtemp(prefix=".wheelhouse-", dir=cache_dir))
+        work = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=cache_dir))
         try:
             out = work / "wheels"
-            run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out),
-                 *requirements(project_root)], timeout=WHEEL_TIMEOUT)
+            run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), *specs],
+                timeout=WHEEL_TIMEOUT)
             wheels = wheel_digests(out)
             (out / "wheels.json").write_text(json.dumps(wheels, indent=2, sort_keys=True) + "\n")
             out.chmod(0o755)
             out.rename(path)
             LOG.info("[%s] wheelhouse %s: %d wheels", NAME, path, len(wheels))
         except (ProcessError, OSError) as exc:
-            raise ImageError(f"building the wheelhouse failed: {_describe(exc)}") from exc
+            raise ImageError(f"building the wheelhouse {path.name} failed: "
+                             f"{_describe(exc)}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    _prune_wheelhouses(cache_dir, path)
+    _prune_wheelhouses(cache_dir, path, prefix)
     return path
 
 
@@ -258,8 +270,8 @@ def _check_python(python: str) -> None:
                          f"and {python} is Python {'.'.join(map(str, found))}")
 
 
-def _prune_wheelhouses(cache_dir: Path, keep: Path) -> None:
-    for other in cache_dir.glob("wheelhouse-*"):
+def _prune_wheelhouses(cache_dir: Path, keep: Path, prefix: str) -> None:
+    for other in cache_dir.glob(f"{prefix}-*"):
         if other != keep and other.is_dir() and not other.is_symlink():
             with _locked(cache_dir / f".{other.name}.lock"):
                 LOG.info("[%s] removing the superseded wheelhouse %s", NAME, other)

@@ -63,7 +63,6 @@ import re
 import shlex
 import shutil
 import struct
-import sys
 import tarfile
 import tempfile
 import time
@@ -75,7 +74,7 @@ from typing import Any
 
 import yaml
 
-from hypervisor.applianceimage import _check_python, wheel_digests
+from hypervisor.applianceimage import build_wheelhouse, wheel_digests
 from hypervisor.files import write_atomic
 from hypervisor.images import (BuiltImage, ImageError, ImageProgress, ImageRecipe, Prepared,
                                Progress, _convert_compressed, _describe, _locked, _qemu_img_info,
@@ -270,37 +269,9 @@ def ensure_box_wheelhouse(project_root: Path, cache_dir: Path, *, progress: Prog
     """The cached wheelhouse of ``box_requirements``; built with ``pip wheel`` if missing.
 
     ``python`` (default: this interpreter) must be the guest's Python (3.11)."""
-    python = python or sys.executable
     installed, extra = box_requirements(project_root)
-    recipe = {"requirements": installed + extra, "python": [3, 11],
-              "machine": platform.machine(), "version": WHEELHOUSE_VERSION}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"box-wheelhouse-{key[:16]}"
-    with _locked(cache_dir / f".{path.name}.lock"):
-        if (path / "wheels.json").is_file():
-            return path
-        _check_python(python)
-        _report(progress, "building the wheelhouse", 0.0)
-        LOG.info("[box] building the wheelhouse %s with %s", path, python)
-        work = Path(tempfile.mkdtemp(prefix=".box-wheelhouse-", dir=cache_dir))
-        try:
-            out = work / "wheels"
-            run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out),
-                 *installed, *extra], timeout=WHEEL_TIMEOUT)
-            wheels = wheel_digests(out)
-            (out / "wheels.json").write_text(json.dumps(wheels, indent=2, sort_keys=True) + "\n")
-            out.chmod(0o755)
-            out.rename(path)
-        except (ProcessError, OSError) as exc:
-            raise ImageError(f"building the box's wheelhouse failed: {_describe(exc)}") from exc
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    for other in cache_dir.glob("box-wheelhouse-*"):
-        if other != path and other.is_dir() and not other.is_symlink():
-            shutil.rmtree(other, ignore_errors=True)
-            (cache_dir / f".{other.name}.lock").unlink(missing_ok=True)
-    return path
+    return build_wheelhouse([*installed, *extra], cache_dir, "box-wheelhouse",
+                            progress=progress, python=python)
 
 
 # -- the image -----------------------------------------------------------------------------------
