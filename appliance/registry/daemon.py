@@ -92,7 +92,8 @@ class RegistryDaemon:
                                 "readonly": {"enabled": readonly}},
                 "redirect": {"disable": True},
             },
-            "http": {"net": "unix", "addr": str(self.socket_path),
+            # On SIGTERM (a restart for garbage collection) requests under way finish first.
+            "http": {"net": "unix", "addr": str(self.socket_path), "draintimeout": "30s",
                      "secret": self._http_secret(),
                      "headers": {"X-Content-Type-Options": ["nosniff"]}},
             "auth": {"token": {"realm": self.realm, "service": SERVICE, "issuer": ISSUER,

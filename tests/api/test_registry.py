@@ -65,6 +65,16 @@ def bearer(lab: LabServer, scope: str, auth: tuple[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
+def namespace_with_storage_limit(admin_api: Api, name: str, limit: str) -> None:
+    r = admin_api.call("POST", "/api/v1/namespaces", json={
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    assert r.status_code == 201, r.text
+    r = admin_api.call("POST", f"/api/v1/namespaces/{name}/resourcequotas", json={
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limits"},
+        "spec": {"hard": {"requests.storage": limit}}})
+    assert r.status_code == 201, r.text
+
+
 def raw_get(lab: LabServer, path: str, headers: dict[str, str]) -> tuple[int, str]:
     import http.client
 
@@ -241,13 +251,7 @@ def test_only_an_owner_deletes(lab: LabServer, people: People, certs: Path, layo
 
 def test_push_over_the_storage_limit_is_refused(lab: LabServer, admin_api: Api, people: People,
                                                 certs: Path, layout: Path) -> None:
-    r = admin_api.call("POST", "/api/v1/namespaces", json={
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "reg-tiny"}})
-    assert r.status_code == 201, r.text
-    r = admin_api.call("POST", "/api/v1/namespaces/reg-tiny/resourcequotas", json={
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limits"},
-        "spec": {"hard": {"requests.storage": "300Ki"}}})
-    assert r.status_code == 201, r.text
+    namespace_with_storage_limit(admin_api, "reg-tiny", "300Ki")
     user, password = lab.admin_credentials
     r = skopeo("copy", "--dest-cert-dir", str(certs), "--dest-creds", f"{user}:{password}",
                f"oci:{layout}:{LAYOUT_TAG}", f"docker://{lab.registry}/reg-tiny/busybox:1")
@@ -258,6 +262,11 @@ def test_push_over_the_storage_limit_is_refused(lab: LabServer, admin_api: Api, 
     r = admin_api.call("GET", "/apis/registry.pacific.lab/v1/namespaces/reg-tiny/repositories")
     assert [i for i in r.json()["items"] if (i.get("status") or {}).get("manifests")] == []
     admin_api.call("DELETE", "/api/v1/namespaces/reg-tiny")
+    # its deletion collects garbage (the registry is read-only meanwhile): let it end here
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and \
+            admin_api.call("GET", "/api/v1/namespaces/reg-tiny").status_code != 404:
+        time.sleep(0.5)
 
 
 # -- hostile input ------------------------------------------------------------------------------
@@ -488,13 +497,7 @@ def test_a_chunked_upload_goes_through_and_one_over_the_quota_is_cut_off(
 
     status, text = chunked_put("team-a/chunked", os.urandom(300_000))
     assert status == 201, text
-    r = admin_api.call("POST", "/api/v1/namespaces", json={
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "reg-chunked"}})
-    assert r.status_code == 201, r.text
-    r = admin_api.call("POST", "/api/v1/namespaces/reg-chunked/resourcequotas", json={
-        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "limits"},
-        "spec": {"hard": {"requests.storage": "100Ki"}}})
-    assert r.status_code == 201, r.text
+    namespace_with_storage_limit(admin_api, "reg-chunked", "100Ki")
     try:
         status, text = chunked_put("reg-chunked/big", os.urandom(300_000))
         assert status == 403 and "storage quota of namespace reg-chunked exceeded" in text, \
