@@ -197,7 +197,7 @@ class ObjectService:
 
     def watch(self, user: UserInfo, t: Target, resource_version: str = "",
               label_selector: str = "", field_selector: str = "",
-              timeout: float = 1800.0, poll: float = 1.0,
+              timeout: float = 1800.0,
               heartbeat: float = 15.0) -> Iterator[WatchEvent | None]:
         """Events after ``resource_version``; "" or "0" first replays the current state.
 
@@ -222,38 +222,46 @@ class ObjectService:
                 compacted = txn.compacted()
                 if start < compacted:
                     raise errors.gone(f"too old resource version: {start} ({compacted})")
-        return self._watch_stream(t, start, initial, match, ns, timeout, poll, heartbeat,
+        return self._watch_stream(t, start, initial, match, ns, timeout, heartbeat,
                                   time.monotonic)
 
     def _watch_stream(self, t: Target, start: int, initial: list[Obj], match, ns: str | None,  # type: ignore[no-untyped-def]
-                      timeout: float, poll: float, heartbeat: float,
+                      timeout: float, heartbeat: float,
                       clock) -> Iterator[WatchEvent | None]:
         for stored in initial:
             yield WatchEvent("ADDED", t.kind.convert_from_storage(stored, t.version))
         deadline = clock() + timeout
         last = start
         quiet_since = clock()
+        changed = True  # whether the store may hold events after ``last``: read them
         while clock() < deadline:
             if clock() - quiet_since >= heartbeat:
                 quiet_since = clock()
                 yield None
-            with self.store.read() as txn:
-                if last < txn.compacted():
-                    yield WatchEvent("ERROR", errors.gone(
-                        f"too old resource version: {last} ({txn.compacted()})").to_status())
-                    return
-                newest = txn.revision()  # first: events after it are for the next poll
-                events = txn.events_after(last, t.group, t.plural)
-            for ev in events:
-                last = ev.rv
-                if ns is not None and ev.key.namespace != ns:
-                    continue
-                if match(ev.body):
-                    quiet_since = clock()
-                    yield WatchEvent(ev.type, t.kind.convert_from_storage(ev.body, t.version))
-            if not events:
+            if changed:
+                with self.store.read() as txn:
+                    if last < txn.compacted():
+                        yield WatchEvent("ERROR", errors.gone(
+                            f"too old resource version: {last} ({txn.compacted()})").to_status())
+                        return
+                    newest = txn.revision()  # first: events after it are for the next read
+                    events = txn.events_after(last, t.group, t.plural)
+                for ev in events:
+                    last = ev.rv
+                    if ns is not None and ev.key.namespace != ns:
+                        continue
+                    if match(ev.body):
+                        quiet_since = clock()
+                        yield WatchEvent(ev.type, t.kind.convert_from_storage(ev.body, t.version))
+                if events:
+                    continue  # there may be more than one read returns
                 last = max(last, newest)
-                self.store.wait_for_change(last, min(poll, max(0.0, deadline - clock())))
+            # Until something newer than ``last`` may hold this kind's events (the store
+            # knows this process's commits, and polls for other processes'), or the next
+            # heartbeat is due. A heartbeat reads nothing from the database.
+            due = min(quiet_since + heartbeat, deadline)
+            changed = self.store.wait_for_change(last, max(0.0, due - clock()),
+                                                 kind=(t.group, t.plural))
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -128,6 +128,11 @@ class WriteTxn(ReadTxn):
         """Take the writers' lock by bumping the revision; the first write uses it."""
         self._reserved = self._bump()
 
+    def revisions(self) -> list[int]:
+        """The revisions this transaction took: its events', or the lock's alone."""
+        return [ev.rv for ev in self.events] + (
+            [self._reserved] if self._reserved is not None else [])
+
     def next_rv(self) -> int:
         if self._reserved is not None:
             rv, self._reserved = self._reserved, None
@@ -198,8 +203,13 @@ def _key_filter(key: Key) -> tuple[Any, ...]:
             ResourceRow.namespace == key.namespace, ResourceRow.name == key.name)
 
 
+LOCAL_RVS_KEPT = 100_000  # local commits remembered between polls (none run without waiters)
+
+
 class Store:
     """Transactions over the resource tables, and wake-ups for watchers."""
+
+    poll_interval = 1.0  # seconds between reads of the revision while watchers wait
 
     def __init__(self, engine: Engine, history: int = 20000) -> None:
         self.engine = engine
@@ -212,8 +222,18 @@ class Store:
         self._read_sessions = session_factory(
             engine.execution_options(isolation_level="REPEATABLE READ")
             if engine.dialect.name == "postgresql" else engine)
-        self._changed = threading.Condition()
-        self._last_seen = 0
+        # Wake-ups, all under _lock. A kind's watchers wait on that kind's condition
+        # and wake for commits to it, not for every Lease renewal or Node heartbeat of
+        # the others; waiters without a kind (None) wake for any commit.
+        self._lock = threading.Lock()
+        self._conditions: dict[tuple[str, str] | None, threading.Condition] = {}
+        self._waiters = 0
+        self._poller: threading.Thread | None = None
+        self._last_seen = 0  # the newest revision known to exist
+        self._kind_rv: dict[tuple[str, str], int] = {}  # newest local commit per kind
+        self._local_rvs: set[int] = set()  # local commits newer than _polled
+        self._polled = 0  # the revision the poller last read
+        self._foreign = 0  # the newest revision polled that holds another process's commit
 
     @contextmanager
     def read(self) -> Iterator[ReadTxn]:
@@ -236,21 +256,91 @@ class Store:
                 session.rollback()
                 return
             session.commit()
-        if txn.events:
-            with self._changed:
+        with self._lock:
+            if len(self._local_rvs) > LOCAL_RVS_KEPT:
+                self._local_rvs.clear()  # the next poll then wakes every watcher once
+            self._local_rvs.update(txn.revisions())
+            if txn.events:
+                for ev in txn.events:
+                    kind = (ev.key.group, ev.key.resource)
+                    self._kind_rv[kind] = max(self._kind_rv.get(kind, 0), ev.rv)
+                    self._notify(kind)
                 self._last_seen = max(self._last_seen, txn.events[-1].rv)
-                self._changed.notify_all()
+                self._notify(None)
 
-    def wait_for_change(self, after_rv: int, timeout: float) -> None:
-        """Block until this process commits something newer than ``after_rv``,
-        or ``timeout`` passes (writes by other processes are found by polling)."""
+    def wait_for_change(self, after_rv: int, timeout: float,
+                        kind: tuple[str, str] | None = None) -> bool:
+        """Block until a revision newer than ``after_rv`` is known (with ``kind``, a
+        ``(group, resource)``: one that may hold a change to that kind), or ``timeout``
+        passes; returns whether one is.
+
+        This process's commits wake the waiters at once, each kind's its own. Commits
+        of other processes (the CLI, other supervisors on a shared database) are found
+        by one poller thread, which reads the revision every ``poll_interval`` while
+        anyone waits; which kinds another process changed is not known, so its commits
+        wake every waiter. (With a read per waiter, and every waiter woken by every
+        commit, a service's few dozen idle watches cost several percent of a core on a
+        bare host, and most of a core inside an emulated VM.)"""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._last_seen <= after_rv:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+        with self._lock:
+            condition = self._conditions.get(kind)
+            if condition is None:
+                condition = self._conditions[kind] = threading.Condition(self._lock)
+            self._waiters += 1
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._poll, name="store-poller",
+                                                daemon=True)
+                self._poller.start()
+            try:
+                while not self._newer(after_rv, kind):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    condition.wait(remaining)
+                return True
+            finally:
+                self._waiters -= 1
+
+    def _newer(self, after_rv: int, kind: tuple[str, str] | None) -> bool:
+        if kind is None:
+            return self._last_seen > after_rv
+        return max(self._kind_rv.get(kind, 0), self._foreign) > after_rv
+
+    def _notify(self, kind: tuple[str, str] | None) -> None:
+        condition = self._conditions.get(kind)
+        if condition is not None:
+            condition.notify_all()
+
+    def _poll(self) -> None:
+        """The poller: reads the revision every ``poll_interval`` until nobody waits.
+
+        Revisions are consecutive and commits serialise in their order, so the
+        revisions between two reads that this process did not commit are other
+        processes' commits."""
+        while True:
+            time.sleep(self.poll_interval)
+            with self._lock:
+                if self._waiters == 0:
+                    self._poller = None
                     return
-                self._changed.wait(remaining)
+            try:
+                with self.read() as txn:
+                    rv = txn.revision()
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+                LOG.warning("cannot read the store's revision: %s", exc)
+                continue
+            with self._lock:
+                if rv <= self._polled:
+                    continue
+                local = sum(1 for x in self._local_rvs if self._polled < x <= rv)
+                foreign = rv - self._polled > local
+                self._local_rvs = {x for x in self._local_rvs if x > rv}
+                self._polled = rv
+                self._last_seen = max(self._last_seen, rv)
+                if foreign:
+                    self._foreign = rv
+                    for condition in self._conditions.values():
+                        condition.notify_all()
 
     def compact(self) -> int:
         """Drop watch-log events beyond the configured history; returns the new floor."""

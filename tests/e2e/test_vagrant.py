@@ -372,6 +372,13 @@ def test_the_lab_inside_answers_kubectl(lab: VagrantLab) -> None:
     root = lab.ssh("findmnt -n -b -o SIZE /").strip()
     assert int(root) > 30 * 1024 ** 3  # the box grew its root to LAB_VM_DISK_GIB (40)
 
+    facts = json.loads(lab.ssh("sudo cat /var/lib/pacific-lab/host-facts.json"))
+    if host_accelerator() != "kvm":
+        # No nested KVM inside an emulated CPU: the guest's CPU offers neither SVM nor
+        # VMX, so its lab finds no /dev/kvm and runs its own VMs under TCG at once.
+        assert facts["accelerator"] == "tcg"
+        assert facts["kvm_error"] == "/dev/kvm does not exist"
+
 
 @pytest.mark.timeout(2400)
 def test_kubectl_and_dashboard_from_the_host_through_forwarded_ports(lab: VagrantLab) -> None:

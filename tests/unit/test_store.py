@@ -319,6 +319,77 @@ def test_wait_for_change_wakes_on_a_local_commit(backend: Backend) -> None:
     assert time.monotonic() - t2 < 1.0
 
 
+def test_waiters_share_one_read_of_the_revision_and_see_other_writers(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twenty idle waiters read the revision about once per poll interval between them,
+    not once each; a commit through another Store (another process, as far as this one
+    knows) wakes them within about one interval."""
+    store = backend.store
+    monkeypatch.setattr(store, "poll_interval", 0.2)
+    reads: list[float] = []
+    real_revision = ReadTxn.revision
+
+    def counted(self: ReadTxn) -> int:
+        reads.append(time.monotonic())
+        return real_revision(self)
+
+    monkeypatch.setattr(ReadTxn, "revision", counted)
+    rv = backend.revision()
+    reads.clear()
+    woke: list[float] = []
+
+    def waiter() -> None:
+        if store.wait_for_change(rv, timeout=DEADLINE):
+            woke.append(time.monotonic())
+
+    threads = [threading.Thread(target=waiter, name=f"waiter-{i}") for i in range(20)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    idle_reads = len(reads)
+    assert 2 <= idle_reads <= 8, idle_reads  # about 1 s / 0.2 s, shared by all 20
+
+    other = Store(backend.engine)  # commits there do not notify ``store``
+    with other.write() as txn:
+        txn.create(_key("elsewhere"), _body("elsewhere"))
+    committed = time.monotonic()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert len(woke) == 20
+    assert max(woke) - committed < 0.2 + 1.0  # one interval, plus a loaded machine's slack
+
+
+def test_a_kinds_waiters_sleep_through_other_kinds_local_commits(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ConfigMap waiter is not woken by this process's Secret commits (a Lease renewal
+    every 2 s must not wake every watch), is woken by a ConfigMap commit, and by any
+    commit of another process, whose kinds it cannot know."""
+    store = backend.store
+    monkeypatch.setattr(store, "poll_interval", 0.1)
+    configmaps = ("", "configmaps")
+    rv = backend.revision()
+    store.wait_for_change(rv, 0.3, kind=configmaps)  # a poll: nothing foreign after rv
+
+    with store.write() as txn:
+        txn.create(Key("", "secrets", "default", "s1"), {"metadata": {"name": "s1", "uid": "u-s1"}})
+    with store.write():
+        pass  # a write transaction that changes nothing still takes a revision
+    assert not store.wait_for_change(rv, 0.5, kind=configmaps)
+    assert store.wait_for_change(rv, 0.5)  # without a kind: any newer revision
+
+    with store.write() as txn:
+        txn.create(_key("cm1"), _body("cm1"))
+    assert store.wait_for_change(rv, 0.5, kind=configmaps)
+
+    rv = backend.revision()
+    other = Store(backend.engine)  # another process, as far as ``store`` knows
+    with other.write() as txn:
+        txn.create(Key("", "secrets", "default", "s2"), {"metadata": {"name": "s2", "uid": "u-s2"}})
+    t0 = time.monotonic()
+    assert store.wait_for_change(rv, DEADLINE, kind=configmaps)
+    assert time.monotonic() - t0 < 0.1 + 1.0
+
+
 # -- concurrency -----------------------------------------------------------------------------
 
 
@@ -507,7 +578,7 @@ def test_object_watch_delivers_a_write_committed_during_its_poll(
         monkeypatch: pytest.MonkeyPatch) -> None:
     service, target = _service_with_namespace(backend, "gap")
     start = backend.revision()
-    stream = service.watch(SYSTEM, target, str(start), timeout=2.0, poll=0.1)
+    stream = service.watch(SYSTEM, target, str(start), timeout=2.0)
 
     # Another writer commits a ConfigMap while the watch loop polls: the loop's
     # revision() and events_after() must agree (one snapshot), or the event is lost.
@@ -540,7 +611,7 @@ def test_object_watch_misses_nothing_under_concurrent_writes(
     threads, per_thread = 8, 25
     total = threads * per_thread
     # The stream ends by itself (timeout) well before the database goes away.
-    stream = service.watch(SYSTEM, target, str(backend.revision()), timeout=20.0, poll=0.05)
+    stream = service.watch(SYSTEM, target, str(backend.revision()), timeout=20.0)
     seen: list[str] = []
 
     def consume() -> None:
