@@ -635,7 +635,8 @@ def _on_progress(progress: Any, task: Any) -> Any:
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Rebuild even if a cached build exists.")
 def image_build(name: str, force: bool) -> None:
-    """Build image NAME (debian-12) from Debian's archive and publish it."""
+    """Build image NAME and publish it: debian-12, or pacific-appliance (the image of the
+    supervisor's control-plane VMs)."""
     from appliance.vmservice.library import LibraryError, build
 
     s = _settings()

@@ -102,6 +102,43 @@ def ensure_pki(pki_dir: Path, hostnames: Sequence[str], addresses: Sequence[str]
     return pki
 
 
+def issued_pki(pki_dir: Path) -> Pki:
+    """A PKI whose server certificate was issued elsewhere (a control-plane VM's, by the
+    host's CA, written by cloud-init): ca.crt, server.crt and server.key, no CA key.
+
+    Nothing is made or repaired here: a missing, mismatched, foreign or expired file is a
+    ``PkiError`` that says which."""
+    pki = Pki.at(pki_dir)
+    for path in (pki.ca_cert, pki.server_cert, pki.server_key):
+        if not path.is_file():
+            raise PkiError(f"{path} is missing: a control-plane VM gets it from cloud-init")
+    try:
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        cert = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
+        key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+    except ValueError as exc:
+        raise PkiError(f"{pki_dir}: cannot read the certificates ({exc})") from exc
+    if cert.issuer != ca_cert.subject:
+        raise PkiError(f"{pki.server_cert} was not issued by {pki.ca_cert}")
+    if not _same_public_key(cert, key):
+        raise PkiError(f"{pki.server_key} does not match {pki.server_cert}")
+    if cert.not_valid_after_utc <= _now():
+        raise PkiError(f"{pki.server_cert} expired on {cert.not_valid_after_utc.isoformat()}")
+    return pki
+
+
+def issue_server_cert(pki: Pki, hostnames: Sequence[str], addresses: Sequence[str]
+                      ) -> tuple[str, str]:
+    """A server certificate and key (PEM text) from ``pki``'s CA for other machines (the
+    control-plane VMs): nothing is written to ``pki``."""
+    ca = _load_ca(pki, _now())
+    if ca is None:
+        raise PkiError(f"{pki.directory} has no usable CA to issue certificates with")
+    dns_names, ips = _wanted_names(hostnames, addresses)
+    cert, key = _make_server_cert(ca[0], ca[1], dns_names, ips, _now())
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode())
+
+
 # -- names -------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from appliance.controllers.scheduler import VmScheduler
 from appliance.kinds import default_registry
 from appliance.objects import ObjectService
 from appliance.pods.logs import PodLogs
-from appliance.pki import Pki, ensure_pki
+from appliance.pki import Pki, ensure_pki, issued_pki
 from appliance.resources import LocalApi, RemoteApi
 from appliance.settings import Settings
 from appliance.store.db import make_engine, migrate
@@ -132,8 +132,11 @@ class HostService:
             write_secret_file(s.run_dir / "admin-password-unshown", "")
         host = s.public_host or socket.gethostname()
         addr = primary_address()
-        pki = ensure_pki(s.pki_dir, [host, "localhost"],
-                         sorted({*local_addresses(), addr}))
+        if s.role == "control-plane":
+            pki = issued_pki(s.pki_dir)
+        else:
+            pki = ensure_pki(s.pki_dir, [host, "localhost"],
+                             sorted({*local_addresses(), addr}))
         self.pki = pki
         api = ApiApp(sup.service, sup.service.registry, token_ttl=s.token_ttl_seconds,
                      max_body=s.max_body_bytes, server_address=f"{addr}:{s.api_port}",
@@ -149,7 +152,8 @@ class HostService:
         if s.registry_enabled:
             self._start_registry(sup, pki)
         self._start_controllers(sup)
-        self._start_agent(sup, pki, host, addr)
+        if s.role == "embedded":  # a control-plane VM has no VMs or pods of its own to run
+            self._start_agent(sup, pki, host, addr)
         self.ready.set()
         LOG.info("host service ready: API https://%s:%d, dashboard https://%s:%d", addr,
                  s.api_port, addr, s.dashboard_port)
@@ -205,7 +209,9 @@ class HostService:
         wildcard socket on 6443 would hold that port on every address the lab adds to the
         host later, and a guest cluster's endpoint VIP needs exactly 6443."""
         wanted = [a.strip() for a in self.settings.api_bind.split(",") if a.strip()]
-        if wanted != ["0.0.0.0"]:
+        if wanted != ["0.0.0.0"] or self.settings.role == "control-plane":
+            # A control-plane VM serves on the wildcard: its address is in the appliance
+            # network, and the floating IP comes and goes. No guest VIPs live there.
             return wanted
         import ipaddress
 
@@ -237,7 +243,10 @@ class HostService:
     def _write_admin_kubeconfig(self, sup: Supervisor, pki: Pki) -> None:
         with sup.store.write() as txn:
             token, _ = users.issue_token(txn.session, bootstrap.ADMIN_USER, ADMIN_TOKEN_TTL)
-        server = f"https://127.0.0.1:{self.settings.api_port}"
+        s = self.settings
+        # In a control-plane VM: the floating IP, which whichever VM holds it answers.
+        host = s.public_host if s.role == "control-plane" and s.public_host else "127.0.0.1"
+        server = f"https://{host}:{s.api_port}"
         config = kubeconfig.build(server, bootstrap.ADMIN_USER, token, [], pki.ca_pem())
         kubeconfig.write(self.settings.admin_kubeconfig_path, config)
 

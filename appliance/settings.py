@@ -57,6 +57,11 @@ class Settings:
     registry_enabled: bool = True
     registry_port: int = 5000
     registry_token_ttl_seconds: int = 300
+    # What this supervisor runs. "embedded": everything on this host (the API, the
+    # controllers and this host's agents). "control-plane": a supervisor in a
+    # control-plane VM (appliance.controlplane): the API and the controllers, no host
+    # agents, and a certificate issued by the host's CA instead of a CA of its own.
+    role: str = "embedded"
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -140,7 +145,9 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_tag": str, "network_uplink": str, "network_dns_domain": str,
     "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
     "registry_enabled": _flag, "registry_port": int, "registry_token_ttl_seconds": int,
+    "role": str,
 }
+ROLES = ("embedded", "control-plane")
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -162,4 +169,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
         if raw is not None and raw != "":
             values[key] = typ(raw)
     values.update(overrides)
-    return replace(Settings(), **values)  # type: ignore[arg-type]
+    settings = replace(Settings(), **values)  # type: ignore[arg-type]
+    if settings.role not in ROLES:
+        raise ValueError(f"LAB_ROLE must be one of {', '.join(ROLES)}, not {settings.role!r}")
+    return settings

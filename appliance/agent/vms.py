@@ -39,7 +39,8 @@ from appliance.controllers.base import (
     drop_finalizer,
     merge_diff,
 )
-from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, set_condition, vm_address
+from appliance.controllers.scheduler import (SSH_KEY_SECRET_SUFFIX, SYSTEM_NAMESPACE, set_condition,
+                                             vm_address)
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import (GROUP, GUEST_BOOTSTRAP, STORAGE, VM_FINALIZER, boot_disk_bytes,
                                   cloud_config_problem, dump_cloud_config, split_jinja_header,
@@ -291,7 +292,7 @@ class VmController(Controller):
     def nic(self, vm: Obj) -> NicSpec:
         """The VM's NIC: an OVS port on its namespace's segment, or the appliance network."""
         meta = vm["metadata"]
-        if not self.namespace_network:
+        if not self.namespace_network or meta["namespace"] == SYSTEM_NAMESPACE:
             return NicSpec(mac_for(meta["uid"]), "network", self.network_name)
         from appliance.network.attach import INTERFACES, attachment, interface_name
 

@@ -63,12 +63,47 @@ def placed_pods(api: ResourceApi) -> list[Obj]:
     return [p for p in pods if (p.get("spec") or {}).get("nodeName") and not terminal(p)]
 
 
+#: The appliance network's first hosts (.1-.9 in a /24) are not handed out: .1 is the
+#: host's gateway address, the rest are kept for the host and the supervisor's control
+#: plane (its floating IP and VMs: ``appliance.controlplane.config``).
+RESERVED_HOSTS = 9
+#: The only namespace whose VMs may ask for a reserved address: the supervisor's own.
+SYSTEM_NAMESPACE = "kube-system"
+
+
 def free_appliance_address(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
                            used: set[str | None]) -> str | None:
-    for addr in list(network.hosts())[9:]:  # .1 is the gateway; keep a few for the host
+    for addr in list(network.hosts())[RESERVED_HOSTS:]:
         if str(addr) not in used:
             return str(addr)
     return None
+
+
+def requested_address(vm: Obj, network: ipaddress.IPv4Network | ipaddress.IPv6Network
+                      ) -> tuple[str | None, str]:
+    """The static address a VM asks for (vm-operator's ``spec.network.interfaces[0]
+    .addresses``, as ``ADDRESS/PREFIX``) on the appliance network: ``(address, "")``,
+    ``(None, "")`` when it asks for none, or ``(None, why not)``."""
+    interfaces = ((vm.get("spec") or {}).get("network") or {}).get("interfaces") or []
+    wanted = [a for a in (interfaces[0].get("addresses") or [])] if interfaces else []
+    if not wanted:
+        return None, ""
+    if len(wanted) > 1 or len(interfaces) > 1:
+        return None, "only one static address on one interface is supported"
+    text = str(wanted[0])
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        return None, f"static address {text!r} is not ADDRESS/PREFIX"
+    if "/" not in text or iface.network.prefixlen != network.prefixlen:
+        return None, f"static address {text!r} must have the network's prefix /{network.prefixlen}"
+    hosts = list(network.hosts())
+    if iface.ip not in network or iface.ip not in hosts:
+        return None, f"static address {iface.ip} is not a host address of {network}"
+    if hosts.index(iface.ip) < RESERVED_HOSTS and (
+            vm["metadata"]["namespace"] != SYSTEM_NAMESPACE or hosts.index(iface.ip) == 0):
+        return None, f"static address {iface.ip} is reserved for the host and the supervisor"
+    return str(iface.ip), ""
 
 
 def node_ready(node: Obj) -> bool:
@@ -148,6 +183,11 @@ class VmScheduler(Controller):
         # True: addresses come from the namespace's network (VirtualNetworkInterface)
         self.namespace_network = namespace_network
 
+    def on_namespace_network(self, vm: Obj) -> bool:
+        """Whether the VM goes on its namespace's segment: with namespace networks on,
+        every VM but the supervisor's own, which stay on the appliance network."""
+        return self.namespace_network and vm["metadata"]["namespace"] != SYSTEM_NAMESPACE
+
     def allocate(self, vms: list[Obj]) -> str | None:
         used = {vm_address(v) for v in vms} | {pod_address(p) for p in placed_pods(self.api)}
         return free_appliance_address(self.network, used)
@@ -155,9 +195,10 @@ class VmScheduler(Controller):
     def reconcile(self, vm: Obj) -> float | None:
         meta = vm["metadata"]
         status = vm.get("status") or {}
+        on_segment = self.on_namespace_network(vm)
         if meta.get("deletionTimestamp"):
             self._drop_access_key(vm)
-            if self.namespace_network:
+            if on_segment:
                 from appliance.network.attach import delete_interface
 
                 delete_interface(self.api, vm)
@@ -186,10 +227,31 @@ class VmScheduler(Controller):
             self._write(vm, {"conditions": conditions})
             return 15.0
         room = max(fits, key=lambda r: (r.memory, r.cpu))
-        if self.namespace_network:
+        if on_segment:
+            if requested_address(vm, self.network) != (None, ""):
+                conditions = set_condition(conditions, PLACED, "False", "AddressNotAllowed",
+                                           "static addresses are only supported on the "
+                                           "appliance network, not on namespace networks")
+                self._write(vm, {"conditions": conditions})
+                return None
             return self._place_on_namespace_network(vm, room, conditions)
         with APPLIANCE_ADDRESSES:
-            address = self.allocate(self.api.list(self.ref)[0])
+            wanted, problem = requested_address(vm, self.network)
+            if problem:
+                conditions = set_condition(conditions, PLACED, "False", "AddressNotAllowed",
+                                           problem)
+                self._write(vm, {"conditions": conditions})
+                return None  # until the spec changes
+            vms = self.api.list(self.ref)[0]
+            if wanted is not None:
+                used = {vm_address(v) for v in vms} | {pod_address(p)
+                                                       for p in placed_pods(self.api)}
+                if wanted in used:
+                    conditions = set_condition(conditions, PLACED, "False", "AddressInUse",
+                                               f"static address {wanted} is taken")
+                    self._write(vm, {"conditions": conditions})
+                    return 15.0
+            address = wanted or self.allocate(vms)
             if address is None:
                 conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",
                                            f"no free address in {self.network}")

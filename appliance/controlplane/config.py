@@ -443,21 +443,25 @@ def pg_hba(plan: Plan) -> list[str]:
     ]
 
 
-def user_data(plan: Plan, index: int, pki: PkiFiles, ssh_public_key: str, *,
+def user_data(plan: Plan, index: int, pki: PkiFiles, ssh_public_key: str | None, *,
               templates_dir: Path = PROJECT_ROOT / "templates") -> str:
-    """Member ``index``'s ``#cloud-config``: its host name, an SSH user, the files of
+    """Member ``index``'s ``#cloud-config``: its host name, an SSH user (none when
+    ``ssh_public_key`` is None: the VM Service adds its own access user), the files of
     ``render_member`` (base64) and the services started in order."""
-    key = ssh_public_key.strip()
-    if not _SSH_KEY_RE.match(key):
-        raise PlanError("the SSH public key is not one line in OpenSSH format")
+    users: list[Any] = []
+    if ssh_public_key is not None:
+        key = ssh_public_key.strip()
+        if not _SSH_KEY_RE.match(key):
+            raise PlanError("the SSH public key is not one line in OpenSSH format")
+        users = [{"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
+                  "lock_passwd": True, "ssh_authorized_keys": [key]}]
     member = plan.member(index)
     files = render_member(plan, index, pki, templates_dir=templates_dir)
-    document = {
+    document: dict[str, Any] = {
         "hostname": member.name,
         "preserve_hostname": False,
         "manage_etc_hosts": True,
-        "users": [{"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
-                   "lock_passwd": True, "ssh_authorized_keys": [key]}],
+        **({"users": users} if users else {}),
         "ssh_pwauth": False,
         "write_files": [
             {"path": path, "encoding": "b64", "permissions": f"{f.mode:04o}", "owner": f.owner,

@@ -14,6 +14,7 @@ memory and the boot disk's size, plus the object count.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from decimal import Decimal
 from typing import Any
@@ -321,6 +322,16 @@ def _validate_vm(new: Obj, old: Obj | None, ctx: AdmissionContext) -> list[Cause
                 causes.append(Cause("spec.bootstrap.cloudInit.rawCloudConfig",
                                     f'Invalid value: secret "{raw.get("name")}" key "{key}": '
                                     f"{problem}"))
+    for i, iface in enumerate((spec.get("network") or {}).get("interfaces") or []):
+        for j, address in enumerate(iface.get("addresses") or []):
+            where = f"spec.network.interfaces[{i}].addresses[{j}]"
+            try:
+                ipaddress.ip_interface(str(address))
+            except ValueError:
+                address = None
+            if address is None or "/" not in str(address):
+                causes.append(Cause(where, "Invalid value: want an ADDRESS/PREFIX, "
+                                           "like 192.168.1.10/24"))
     host = (spec.get("network") or {}).get("hostName")
     if host and dns1123_subdomain(host):
         causes.append(Cause("spec.network.hostName", f"Invalid value: {host!r}: must be a DNS "

@@ -80,7 +80,7 @@ class Catalog:
     def ensure_defaults(self) -> None:
         self._ensure_namespace(CATALOG_NAMESPACE)
         for cls in default_classes():
-            self._ensure(SYSTEM, Target(self.classes, STORAGE, CATALOG_NAMESPACE), cls)
+            self.ensure(SYSTEM, Target(self.classes, STORAGE, CATALOG_NAMESPACE), cls)
 
     def class_names(self) -> list[str]:
         items = self.service.list(SYSTEM, Target(self.classes, STORAGE, CATALOG_NAMESPACE)).items
@@ -110,7 +110,7 @@ class Catalog:
                 "spec": {"providerRef": {"apiVersion": "pacific.lab/v1",
                                          "kind": "ContentLibraryItem", "name": name},
                          "type": "qcow2"}}
-        image = self._ensure(SYSTEM, Target(self.cluster_images, STORAGE), body)
+        image = self.ensure(SYSTEM, Target(self.cluster_images, STORAGE), body)
         status = self._image_status(display_name, capacity_bytes, size_bytes, os_name,
                                     os_version, content_version, sha256)
         image = self.service.patch(SYSTEM, Target(self.cluster_images, STORAGE, "", name,
@@ -161,9 +161,10 @@ class Catalog:
                              "labels": {ASSIGNED_FROM: source["metadata"]["name"]},
                              "annotations": dict(source["metadata"].get("annotations") or {})},
                 "spec": copy.deepcopy(source.get("spec") or {})}
-        return self._ensure(actor, Target(kind, STORAGE, namespace), body)
+        return self.ensure(actor, Target(kind, STORAGE, namespace), body)
 
-    def _ensure(self, actor: UserInfo, t: Target, body: Obj) -> Obj:
+    def ensure(self, actor: UserInfo, t: Target, body: Obj) -> Obj:
+        """Create ``body``, or patch its spec, labels and annotations to match."""
         name = body["metadata"]["name"]
         named = Target(t.kind, t.version, t.namespace, name)
         try:
@@ -172,12 +173,13 @@ class Catalog:
             if err.code != 404:
                 raise
             return self.service.create(actor, t, body).obj
-        if current.get("spec") == body.get("spec") and all(
+        fields = [f for f in ("spec", "data") if f in body] or ["spec"]
+        if all(current.get(f) == body.get(f) for f in fields) and all(
                 (current["metadata"].get(k) or {}).items() >= (body["metadata"].get(k) or {}
                                                                 ).items()
                 for k in ("labels", "annotations")):
             return current
-        patch = {"spec": body.get("spec"), "metadata": {
+        patch = {**{f: body.get(f) for f in fields}, "metadata": {
             k: body["metadata"][k] for k in ("labels", "annotations") if k in body["metadata"]}}
         return self.service.patch(actor, named, MERGE_PATCH, patch, WriteOptions()).obj
 

@@ -20,7 +20,10 @@ from appliance.settings import Settings
 from appliance.util.files import write_atomic
 from appliance.util.names import dns1123_label
 
-BUILDABLE = {"debian-12": "bookworm"}
+#: Images ``lab image build`` makes: Debian's release by name, and the supervisor
+#: appliance image (``hypervisor.applianceimage``) the control-plane VMs boot.
+APPLIANCE_IMAGE = "pacific-appliance"
+BUILDABLE = {"debian-12": "bookworm", APPLIANCE_IMAGE: "bookworm"}
 
 
 class LibraryError(ValueError):
@@ -111,9 +114,15 @@ def build(settings: Settings, name: str, force: bool = False,
                            f"{', '.join(sorted(BUILDABLE))}")
     directory = item_dir(settings, name)
     directory.mkdir(parents=True, exist_ok=True)
-    built = build_debian_image(BUILDABLE[name], out_dir=directory,
-                               cache_dir=settings.cache_dir / "images", force=force,
-                               progress=progress)
+    if name == APPLIANCE_IMAGE:
+        from hypervisor.applianceimage import build_appliance_image
+
+        built = build_appliance_image(settings.project_root, settings.cache_dir / "images", directory,
+                                      progress, force=force)
+    else:
+        built = build_debian_image(BUILDABLE[name], out_dir=directory,
+                                   cache_dir=settings.cache_dir / "images", force=force,
+                                   progress=progress)
     files = _from_built(name, directory, built)
     _write_manifest(directory, files)
     return files

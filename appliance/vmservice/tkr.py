@@ -136,7 +136,7 @@ def publish(service: ObjectService, names: ReleaseNames, *, ready: bool, reason:
                  "osImages": [{"name": names.os_image}], "bootstrapPackages": []}}
     for plural, body in (("osimages", os_image), ("tanzukubernetesreleases", release)):
         kind = _kind(service, plural)
-        catalog._ensure(SYSTEM, Target(kind, VERSION), body)  # noqa: SLF001 - the catalog's upsert
+        catalog.ensure(SYSTEM, Target(kind, VERSION), body)
         current = service.get(SYSTEM, Target(kind, VERSION, "", body["metadata"]["name"]))
         conditions = _conditions((current.get("status") or {}).get("conditions") or [], ready,
                                  reason, message)

@@ -176,3 +176,15 @@ def test_a_vm_never_placed_can_be_deleted(vmns: str, admin_api: Api) -> None:
     while admin_api.call("GET", path).status_code != 404:
         assert time.monotonic() < deadline, "the unplaced VM hung on its finalizer"
         time.sleep(0.5)
+
+
+def test_static_addresses_are_address_slash_prefix(admin_api: Api, vmns: str) -> None:
+    status = _refused(admin_api, _vm("bad-addr", network={"interfaces": [
+        {"name": "eth0", "addresses": ["10.0.0.5", "nonsense/24"]}]}), 422, "Invalid")
+    fields = [c["field"] for c in status["details"]["causes"]]
+    assert fields == ["spec.network.interfaces[0].addresses[0]",
+                      "spec.network.interfaces[0].addresses[1]"]
+    r = admin_api.call("POST", f"{G}/v1alpha3/namespaces/{NS}/virtualmachines?dryRun=All",
+                       json=_vm("good-addr", network={"interfaces": [
+                           {"name": "eth0", "addresses": ["10.0.0.42/24"]}]}))
+    assert r.status_code == 201, r.text

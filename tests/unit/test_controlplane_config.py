@@ -348,7 +348,7 @@ def test_keepalived_alone_has_no_peers(tmp_path: Path, pki: PkiFiles) -> None:
 
 def test_the_ready_check_asks_the_local_supervisor(tmp_path: Path, pki: PkiFiles) -> None:
     script = render_member(plan(3, tmp_path), 0, pki)["/etc/keepalived/supervisor-ready"].content
-    assert script.startswith("#!/usr/bin/python3 -I\n")
+    assert script.startswith("#!/usr/bin/python3 -IS\n")
     assert 'URL = "https://127.0.0.1:6443/readyz"' in script
     compile(script, "supervisor-ready", "exec")
 
@@ -360,8 +360,9 @@ def test_the_supervisor_settings_and_unit(tmp_path: Path, pki: PkiFiles) -> None
     assert env == {"LAB_STATE_DIR": "/var/lib/pacific-lab", "LAB_DATABASE_URL": p.database_url(),
                    "LAB_PUBLIC_HOST": "198.18.0.5", "LAB_API_PORT": "6443",
                    "LAB_APPLIANCE_CIDR": CIDR, "LAB_NETWORK_ENABLED": "false",
-                   "LAB_REGISTRY_ENABLED": "false"}
+                   "LAB_REGISTRY_ENABLED": "false", "LAB_ROLE": "control-plane"}
     settings = load_settings(env)  # as the supervisor reads them
+    assert settings.role == "control-plane"
     assert (settings.state_dir, settings.database_url, settings.public_host) == (
         Path("/var/lib/pacific-lab"), p.database_url(), "198.18.0.5")
     assert not settings.network_enabled and not settings.registry_enabled
@@ -484,3 +485,39 @@ def test_values_that_would_be_syntax_are_refused() -> None:
     assert config._yaml_scalar('a"b: c') == '"a\\"b: c"'
     with pytest.raises(PlanError):
         config._yaml_scalar(["a list"])
+
+
+# -- the control plane as VM Service objects ---------------------------------------------------
+
+
+def test_the_control_plane_is_declared_as_vm_service_objects(tmp_path: Path, pki: PkiFiles) -> None:
+    import base64
+    import ipaddress
+
+    from appliance.controllers.scheduler import SYSTEM_NAMESPACE, requested_address
+    from appliance.controlplane.objects import CLASS_NAME, control_plane_objects
+
+    p = plan(3, tmp_path)
+    objects = control_plane_objects(p, pki)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert kinds == [("VirtualMachineClass", CLASS_NAME),
+                     ("Secret", "pacific-cp-1-cloud-init"), ("VirtualMachine", "pacific-cp-1"),
+                     ("Secret", "pacific-cp-2-cloud-init"), ("VirtualMachine", "pacific-cp-2"),
+                     ("Secret", "pacific-cp-3-cloud-init"), ("VirtualMachine", "pacific-cp-3")]
+    assert {o["metadata"]["namespace"] for o in objects} == {SYSTEM_NAMESPACE}
+    vms = [o for o in objects if o["kind"] == "VirtualMachine"]
+    network = ipaddress.ip_network(CIDR)
+    # Each VM asks for its member's reserved address, which only kube-system may have.
+    assert [requested_address(vm, network) for vm in vms] == [
+        ("198.18.0.6", ""), ("198.18.0.7", ""), ("198.18.0.8", "")]
+    for vm in vms:
+        assert vm["spec"]["imageName"] == "pacific-appliance"
+        assert vm["spec"]["className"] == CLASS_NAME
+        secret = next(o for o in objects if o["metadata"]["name"] ==
+                      vm["spec"]["bootstrap"]["cloudInit"]["rawCloudConfig"]["name"])
+        document = yaml.safe_load(base64.b64decode(secret["data"]["user-data"]))
+        assert document["hostname"] == vm["metadata"]["name"]
+        assert "users" not in document  # the VM Service adds its access user itself
+        paths = {f["path"] for f in document["write_files"]}
+        assert LAB_ENV in paths and f"{PKI}/server.key" in paths and f"{PKI}/ca.crt" in paths
+        assert f"{PKI}/ca.key" not in paths

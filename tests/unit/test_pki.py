@@ -267,3 +267,49 @@ def test_ip_given_as_hostname_becomes_ip_san(tmp_path: Path) -> None:
 def test_bad_address_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an IP address"):
         ensure_pki(tmp_path / "pki", [], ["lab.example.test"])
+
+
+# -- certificates for the control-plane VMs ------------------------------------------
+
+
+def test_a_control_plane_vm_uses_a_certificate_issued_by_the_hosts_ca(tmp_path: Path) -> None:
+    from appliance.pki import issue_server_cert, issued_pki
+
+    host = ensure_pki(tmp_path / "host", ["lab.example"], ["192.0.2.10"])
+    cert_pem, key_pem = issue_server_cert(host, ["pacific-cp-1"], ["198.18.0.5", "198.18.0.6"])
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    (vm / "ca.crt").write_bytes(host.ca_cert.read_bytes())
+    (vm / "server.crt").write_text(cert_pem)
+    (vm / "server.key").write_text(key_pem)
+
+    pki = issued_pki(vm)
+    assert not pki.ca_key.exists()  # the CA's key never leaves the host
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} >= {
+        "198.18.0.5", "198.18.0.6"}
+    assert "pacific-cp-1" in sans.get_values_for_type(x509.DNSName)
+    # The host's own server certificate is untouched.
+    assert ensure_pki(tmp_path / "host", ["lab.example"], ["192.0.2.10"]).server_cert.read_bytes()
+
+
+def test_an_issued_pki_refuses_what_it_cannot_trust(tmp_path: Path) -> None:
+    from appliance.pki import issue_server_cert, issued_pki
+
+    host = ensure_pki(tmp_path / "host", ["lab"], [])
+    other = ensure_pki(tmp_path / "other", ["lab"], [])
+    vm = tmp_path / "vm"
+    vm.mkdir()
+    with pytest.raises(PkiError, match="ca.crt is missing"):
+        issued_pki(vm)
+    cert_pem, key_pem = issue_server_cert(host, ["cp"], [])
+    (vm / "ca.crt").write_bytes(other.ca_cert.read_bytes())
+    (vm / "server.crt").write_text(cert_pem)
+    (vm / "server.key").write_text(key_pem)
+    with pytest.raises(PkiError, match="was not issued by"):
+        issued_pki(vm)
+    (vm / "ca.crt").write_bytes(host.ca_cert.read_bytes())
+    (vm / "server.key").write_text(issue_server_cert(host, ["cp"], [])[1])
+    with pytest.raises(PkiError, match="does not match"):
+        issued_pki(vm)
