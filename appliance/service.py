@@ -152,8 +152,16 @@ class HostService:
         if s.registry_enabled:
             self._start_registry(sup, pki)
         self._start_controllers(sup)
-        if s.role == "embedded":  # a control-plane VM has no VMs or pods of its own to run
+        if s.role == "embedded":
             self._start_agent(sup, pki, host, addr)
+        else:  # a control-plane VM runs no VMs or pods: it is a Node, tainted NoSchedule
+            from appliance.controlplane.node import control_plane_annotations, vm_facts
+
+            facts = vm_facts(socket.gethostname(), addr)
+            client = self._node_client(sup, pki, str(facts["hostname"]))
+            self._thread(HostAgent(client, facts, heartbeat=10.0, role="control-plane",
+                                   annotations=lambda: control_plane_annotations(
+                                       s.public_host)).run, "node-agent")
         self.ready.set()
         LOG.info("host service ready: API https://%s:%d, dashboard https://%s:%d", addr,
                  s.api_port, addr, s.dashboard_port)
@@ -301,7 +309,15 @@ class HostService:
         facts = load_facts(self.settings)
         facts.setdefault("hostname", host)
         facts.setdefault("address", addr)
-        node_user = f"system:node:{facts['hostname']}"
+        client = self._node_client(sup, pki, str(facts["hostname"]))
+        self._thread(HostAgent(client, facts).run, "host-agent")
+        self._thread(lambda stop: self._run_vm_agent(client, facts, stop,
+                                                     node_token=client.token,
+                                                     lab_ca=pki.ca_cert), "vm-agent")
+
+    def _node_client(self, sup: Supervisor, pki: Pki, hostname: str) -> ApiClient:
+        """An API client on loopback as ``system:node:<hostname>`` (made if missing)."""
+        node_user = f"system:node:{hostname}"
         with sup.store.write() as txn:
             if not users.user_exists(txn.session, node_user):
                 import secrets
@@ -309,11 +325,8 @@ class HostService:
                 users.create_user(txn.session, node_user, secrets.token_urlsafe(24),
                                   [users.NODES])
             token, _ = users.issue_token(txn.session, node_user, NODE_TOKEN_TTL)
-        client = ApiClient(f"https://127.0.0.1:{self.settings.api_port}", token,
-                           str(pki.ca_cert))
-        self._thread(HostAgent(client, facts).run, "host-agent")
-        self._thread(lambda stop: self._run_vm_agent(client, facts, stop, node_token=token,
-                                                     lab_ca=pki.ca_cert), "vm-agent")
+        return ApiClient(f"https://127.0.0.1:{self.settings.api_port}", token,
+                         str(pki.ca_cert))
 
     def _run_vm_agent(self, client: ApiClient, facts: dict[str, Any], stop: threading.Event, *,
                       node_token: str, lab_ca: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from appliance import errors
@@ -22,8 +23,16 @@ LOG = logging.getLogger(__name__)
 NODE_VERSION = "v1.31.0-pacific"
 
 
-def node_object(facts: dict[str, Any]) -> dict[str, Any]:
+#: What a Node is: a host that runs VMs and pods, or a supervisor control-plane VM
+#: (tainted NoSchedule, as on vSphere: workloads stay on the hosts).
+ROLES = ("host", "control-plane")
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+
+
+def node_object(facts: dict[str, Any], role: str = "host") -> dict[str, Any]:
     """The Node that describes this host, from the facts host.yml recorded."""
+    if role not in ROLES:
+        raise ValueError(f"node role must be one of {ROLES}, not {role!r}")
     hostname = str(facts["hostname"])
     cpus = int(facts.get("cpus") or 1)
     memory = int(facts.get("memory_bytes") or 0)
@@ -34,13 +43,14 @@ def node_object(facts: dict[str, Any]) -> dict[str, Any]:
     labels = {"kubernetes.io/hostname": hostname, "kubernetes.io/os": "linux",
               "kubernetes.io/arch": "amd64", "pacific.lab/accelerator": accel,
               "pacific.lab/ovs-datapath": str(facts.get("ovs_datapath") or "unknown"),
-              "node-role.kubernetes.io/host": ""}
+              f"node-role.kubernetes.io/{role}": ""}
     addresses = [{"type": "Hostname", "address": hostname}]
     if facts.get("address"):
         addresses.insert(0, {"type": "InternalIP", "address": str(facts["address"])})
     return {
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": hostname, "labels": labels},
-        "spec": {"providerID": f"libvirt://{hostname}"},
+        "spec": {"providerID": f"libvirt://{hostname}",
+                 **({"taints": [dict(CONTROL_PLANE_TAINT)]} if role == "control-plane" else {})},
         "status": {
             "capacity": capacity, "allocatable": dict(capacity), "addresses": addresses,
             "nodeInfo": {
@@ -57,14 +67,24 @@ def node_object(facts: dict[str, Any]) -> dict[str, Any]:
 
 
 class HostAgent:
-    def __init__(self, client: ApiClient, facts: dict[str, Any], heartbeat: float = 30.0) -> None:
+    """Registers this machine as a Node and keeps it Ready.
+
+    ``role`` is ``host`` (a libvirt host) or ``control-plane`` (a supervisor VM);
+    ``annotations``, when given, is asked at every heartbeat for the Node's live
+    annotations (a control-plane VM's database role, whether it holds the floating IP)."""
+
+    def __init__(self, client: ApiClient, facts: dict[str, Any], heartbeat: float = 30.0, *,
+                 role: str = "host",
+                 annotations: Callable[[], dict[str, str]] | None = None) -> None:
         self.client = client
         self.facts = facts
         self.heartbeat = heartbeat
         self.node_name = str(facts["hostname"])
+        self.role = role
+        self.annotations = annotations
 
     def register(self) -> None:
-        node = node_object(self.facts)
+        node = node_object(self.facts, self.role)
         path = ApiClient.path("", "v1", "nodes")
         try:
             self.client.get(f"{path}/{self.node_name}")
@@ -77,11 +97,12 @@ class HostAgent:
             node["status"] = status
         else:
             self.client.merge_patch(f"{path}/{self.node_name}",
-                                    {"metadata": {"labels": node["metadata"]["labels"]}})
+                                    {"metadata": {"labels": node["metadata"]["labels"]},
+                                     "spec": node["spec"]})
         self.report(node["status"])
 
     def report(self, status: dict[str, Any] | None = None) -> None:
-        status = dict(status or node_object(self.facts)["status"])
+        status = dict(status or node_object(self.facts, self.role)["status"])
         now = now_rfc3339()
         status["conditions"] = [{
             "type": "Ready", "status": "True", "reason": "HostAgentReady",
@@ -89,6 +110,9 @@ class HostAgent:
             "lastHeartbeatTime": now, "lastTransitionTime": now}]
         path = ApiClient.path("", "v1", "nodes", name=self.node_name, sub="status")
         self.client.merge_patch(path, {"status": status})
+        if self.annotations is not None:
+            self.client.merge_patch(ApiClient.path("", "v1", "nodes", name=self.node_name),
+                                    {"metadata": {"annotations": self.annotations()}})
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

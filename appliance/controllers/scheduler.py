@@ -143,14 +143,17 @@ def class_size(api: ResourceApi, vm: Obj) -> tuple[Decimal, Decimal] | None:
 
 
 def host_rooms(api: ResourceApi, cpu_ratio: Decimal, vms: list[Obj]) -> list[Room]:
-    """What each Ready, schedulable host has left: its CPUs times ``cpu_ratio`` and its
-    memory, minus the VMs (by class) and the unfinished pod VMs placed on it."""
+    """What each Ready, schedulable host (not cordoned, no NoSchedule taint: not a
+    control-plane VM) has left: its CPUs times ``cpu_ratio`` and its memory, minus the
+    VMs (by class) and the unfinished pod VMs placed on it."""
     from appliance.kinds.pods import placement_size
 
     nodes, _ = api.list(NODES)
     rooms = {}
     for node in nodes:
-        if not node_ready(node) or (node.get("spec") or {}).get("unschedulable"):
+        spec = node.get("spec") or {}
+        if not node_ready(node) or spec.get("unschedulable") or any(
+                t.get("effect") == "NoSchedule" for t in spec.get("taints") or []):
             continue
         alloc = (node.get("status") or {}).get("allocatable") or {}
         rooms[node["metadata"]["name"]] = Room(

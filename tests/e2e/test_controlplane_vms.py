@@ -13,6 +13,8 @@ supervisor in the ``control-plane`` role. Checked from outside, as a user would:
 - kubectl on this host, with the admin kubeconfig the VM's supervisor wrote, reaches that
   supervisor through the floating IP; inside, Patroni reports its PostgreSQL as the
   running leader and the supervisor holds the controllers' Lease;
+- the VM is a Node of that supervisor with the control-plane role and taint, annotated
+  with its database role, its etcd membership and the floating IP it holds;
 - deleting the VM leaves no domain behind.
 
 Not here yet (the note on issue 13 says so): moving a lab's objects into the VMs, the
@@ -119,6 +121,24 @@ def test_the_supervisor_runs_in_a_control_plane_vm(vmlab: LabServer, tmp_path: P
     lease = json.loads(inside.run("get", "lease", "pacific-lab-controllers", "-n", NS,
                                   "-o", "json").stdout)
     assert lease["spec"]["holderIdentity"].startswith(VM)
+
+    # The VM is a control-plane Node of the supervisor it runs, tainted NoSchedule, and
+    # says what it holds.
+    def annotated() -> dict | None:
+        proc = inside.run("get", "node", VM, "-o", "json", check=False)
+        if proc.returncode != 0:
+            return None
+        obj = json.loads(proc.stdout)
+        notes = obj["metadata"].get("annotations") or {}
+        return obj if notes.get("pacific.lab/floating-ip") == plan.vip else None
+
+    cp_node = wait_for("the control-plane Node's annotations", annotated, 120, 5)
+    assert "node-role.kubernetes.io/control-plane" in cp_node["metadata"]["labels"]
+    assert cp_node["spec"]["taints"] == [{"key": "node-role.kubernetes.io/control-plane",
+                                          "effect": "NoSchedule"}]
+    notes = cp_node["metadata"]["annotations"]
+    assert (notes["pacific.lab/database-role"], notes["pacific.lab/etcd"]) == (
+        "primary", "member")
 
     members = json.loads(ssh("sudo -u postgres patronictl -c /etc/patroni/config.yml "
                              "list --format json"))

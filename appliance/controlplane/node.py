@@ -1,0 +1,86 @@
+"""A control-plane VM as a Node: what its supervisor reports about the VM it runs in.
+
+In the ``control-plane`` role the supervisor registers its VM as a Node with the role
+label ``node-role.kubernetes.io/control-plane`` and a NoSchedule taint (the host agent's
+``node_object``, role ``control-plane``), and at every heartbeat annotates it with what
+an administrator asks of a control-plane VM:
+
+- ``pacific.lab/database-role``: this VM's PostgreSQL as Patroni reports it (``primary``,
+  ``replica``, or ``unknown`` when Patroni does not answer);
+- ``pacific.lab/etcd``: ``member`` when etcd answers on this VM, else ``down``;
+- ``pacific.lab/floating-ip``: the floating IP when this VM holds it, else ``""``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import urllib.request
+from typing import Any
+
+from appliance.controlplane.config import ETCD_CLIENT_PORT, PATRONI_PORT
+
+DATABASE_ROLE = "pacific.lab/database-role"
+ETCD = "pacific.lab/etcd"
+FLOATING_IP = "pacific.lab/floating-ip"
+PROBE_TIMEOUT = 3.0
+
+
+def vm_facts(hostname: str, address: str, meminfo: str = "/proc/meminfo") -> dict[str, Any]:
+    """The facts a control-plane VM's Node is made of (no host facts file: host.yml does
+    not run in the VM)."""
+    memory = 0
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"hostname": hostname, "address": address, "cpus": os.cpu_count() or 1,
+            "memory_bytes": memory, "kernel_version": os.uname().release,
+            "accelerator": "none"}
+
+
+def control_plane_annotations(floating_ip: str) -> dict[str, str]:
+    return {DATABASE_ROLE: database_role(), ETCD: "member" if etcd_healthy() else "down",
+            FLOATING_IP: floating_ip if holds(floating_ip) else ""}
+
+
+def database_role(port: int = PATRONI_PORT) -> str:
+    """Patroni's view of this member (its REST API's ``/patroni``, no credentials needed)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/patroni",
+                                    timeout=PROBE_TIMEOUT) as response:
+            role = str(json.load(response).get("role") or "")
+    except (OSError, ValueError):
+        return "unknown"
+    return {"master": "primary", "standby_leader": "primary"}.get(role, role or "unknown")
+
+
+def etcd_healthy(port: int = ETCD_CLIENT_PORT) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
+                                    timeout=PROBE_TIMEOUT) as response:
+            return str(json.load(response).get("health")) == "true"
+    except (OSError, ValueError):
+        return False
+
+
+def holds(address: str) -> bool:
+    """Whether ``address`` is on one of this machine's interfaces (keepalived put it there).
+
+    Binding a socket to an address works only where the address is local."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
