@@ -127,6 +127,13 @@ def issued_pki(pki_dir: Path) -> Pki:
     return pki
 
 
+def cert_covers(cert_pem: bytes, hostnames: Sequence[str], addresses: Sequence[str]) -> bool:
+    """Whether the certificate names every one of ``hostnames`` and ``addresses``."""
+    dns_names, ips = _wanted_names(hostnames, addresses)
+    have_dns, have_ips = _cert_names(x509.load_pem_x509_certificate(cert_pem))
+    return set(dns_names) <= have_dns and set(ips) <= have_ips
+
+
 def issue_server_cert(pki: Pki, hostnames: Sequence[str], addresses: Sequence[str]
                       ) -> tuple[str, str]:
     """A server certificate and key (PEM text) from ``pki``'s CA for other machines (the

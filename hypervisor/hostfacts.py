@@ -96,7 +96,7 @@ def probe_host(disk_path: Path = Path("/"), *, run_cmd: RunCommand = run,
     return HostFacts(
         hostname=socket.gethostname(),
         cpus=_cpu_count(),
-        memory_bytes=_memory_bytes(root / "proc/meminfo"),
+        memory_bytes=memory_bytes(root / "proc/meminfo"),
         disk_path=str(disk_path),
         disk_total_bytes=total,
         disk_free_bytes=free,
@@ -322,7 +322,8 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
 
 
-def _memory_bytes(meminfo: Path) -> int:
+def memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """MemTotal of ``meminfo``, in bytes."""
     for line in meminfo.read_text().splitlines():
         key, _, value = line.partition(":")
         if key == "MemTotal":

@@ -191,9 +191,11 @@ class VmScheduler(Controller):
         every VM but the supervisor's own, which stay on the appliance network."""
         return self.namespace_network and vm["metadata"]["namespace"] != SYSTEM_NAMESPACE
 
+    def used_addresses(self, vms: list[Obj]) -> set[str | None]:
+        return {vm_address(v) for v in vms} | {pod_address(p) for p in placed_pods(self.api)}
+
     def allocate(self, vms: list[Obj]) -> str | None:
-        used = {vm_address(v) for v in vms} | {pod_address(p) for p in placed_pods(self.api)}
-        return free_appliance_address(self.network, used)
+        return free_appliance_address(self.network, self.used_addresses(vms))
 
     def reconcile(self, vm: Obj) -> float | None:
         meta = vm["metadata"]
@@ -246,14 +248,11 @@ class VmScheduler(Controller):
                 self._write(vm, {"conditions": conditions})
                 return None  # until the spec changes
             vms = self.api.list(self.ref)[0]
-            if wanted is not None:
-                used = {vm_address(v) for v in vms} | {pod_address(p)
-                                                       for p in placed_pods(self.api)}
-                if wanted in used:
-                    conditions = set_condition(conditions, PLACED, "False", "AddressInUse",
-                                               f"static address {wanted} is taken")
-                    self._write(vm, {"conditions": conditions})
-                    return 15.0
+            if wanted is not None and wanted in self.used_addresses(vms):
+                conditions = set_condition(conditions, PLACED, "False", "AddressInUse",
+                                           f"static address {wanted} is taken")
+                self._write(vm, {"conditions": conditions})
+                return 15.0
             address = wanted or self.allocate(vms)
             if address is None:
                 conditions = set_condition(conditions, PLACED, "False", "AddressPoolExhausted",

@@ -18,9 +18,11 @@ import json
 import os
 import socket
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from appliance.controlplane.config import ETCD_CLIENT_PORT, PATRONI_PORT
+from hypervisor.hostfacts import memory_bytes
 
 DATABASE_ROLE = "pacific.lab/database-role"
 ETCD = "pacific.lab/etcd"
@@ -28,17 +30,14 @@ FLOATING_IP = "pacific.lab/floating-ip"
 PROBE_TIMEOUT = 3.0
 
 
-def vm_facts(hostname: str, address: str, meminfo: str = "/proc/meminfo") -> dict[str, Any]:
+def vm_facts(hostname: str, address: str, meminfo: Path = Path("/proc/meminfo")
+             ) -> dict[str, Any]:
     """The facts a control-plane VM's Node is made of (no host facts file: host.yml does
     not run in the VM)."""
-    memory = 0
     try:
-        with open(meminfo) as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+        memory = memory_bytes(meminfo)
+    except (OSError, ValueError):
+        memory = 0
     return {"hostname": hostname, "address": address, "cpus": os.cpu_count() or 1,
             "memory_bytes": memory, "kernel_version": os.uname().release,
             "accelerator": "none"}

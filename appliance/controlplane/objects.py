@@ -21,13 +21,11 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from appliance.controllers.scheduler import SYSTEM_NAMESPACE
 from appliance.controlplane.config import PkiFiles, Plan, plan_for, user_data
 from appliance.kinds.vmop import GROUP, STORAGE
 from appliance.objects import ObjectService, Target
-from appliance.pki import Pki, issue_server_cert
+from appliance.pki import Pki, cert_covers, issue_server_cert
 from appliance.settings import Settings
 from appliance.util.files import write_atomic
 from appliance.vmservice.library import APPLIANCE_IMAGE
@@ -86,12 +84,9 @@ def server_certificate(pki: Pki, plan: Plan, directory: Path) -> tuple[str, str]
     cert_path, key_path = directory / "controlplane.crt", directory / "controlplane.key"
     names = [m.name for m in plan.members]
     addresses = [plan.vip, *(m.address for m in plan.members)]
-    if cert_path.is_file() and key_path.is_file():
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        have = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
-        if set(addresses) <= have and set(names) <= set(sans.get_values_for_type(x509.DNSName)):
-            return cert_path.read_text(), key_path.read_text()
+    if cert_path.is_file() and key_path.is_file() and cert_covers(
+            cert_path.read_bytes(), names, addresses):
+        return cert_path.read_text(), key_path.read_text()
     cert_pem, key_pem = issue_server_cert(pki, names, addresses)
     write_atomic(key_path, key_pem.encode(), 0o600)
     write_atomic(cert_path, cert_pem.encode(), 0o644)
@@ -112,13 +107,8 @@ def declare(service: ObjectService, settings: Settings, n: int, pki: Pki) -> Pla
     catalog = Catalog(service)
     catalog.assign_image(SYSTEM, APPLIANCE_IMAGE, SYSTEM_NAMESPACE)
     for obj in control_plane_objects(plan, files):
-        kind = service.registry.by_group_plural(
-            obj["apiVersion"].rpartition("/")[0], PLURALS[obj["kind"]])
+        group, _, version = obj["apiVersion"].rpartition("/")
+        kind = service.registry.by_kind(group, obj["kind"])
         assert kind is not None
-        version = obj["apiVersion"].rpartition("/")[2]
         catalog.ensure(SYSTEM, Target(kind, version, SYSTEM_NAMESPACE), obj)
     return plan
-
-
-PLURALS = {"VirtualMachineClass": "virtualmachineclasses", "Secret": "secrets",
-           "VirtualMachine": "virtualmachines"}

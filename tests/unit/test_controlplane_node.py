@@ -35,7 +35,7 @@ def test_a_control_plane_node_is_labelled_and_tainted() -> None:
 def test_vm_facts_read_the_memory(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        2013356 kB\nMemFree:  1 kB\n")
-    facts = node.vm_facts("cp", "10.0.0.6", str(meminfo))
+    facts = node.vm_facts("cp", "10.0.0.6", meminfo)
     assert facts["memory_bytes"] == 2013356 * 1024 and facts["cpus"] >= 1
 
 
