@@ -56,14 +56,64 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--skip-host-prep", is_flag=True, help="Do not run playbooks/host.yml.")
 @click.option("--timeout", default=120, show_default=True, help="Seconds to wait for the API.")
-def up(skip_host_prep: bool, timeout: int) -> None:
+@click.option("--control-plane-vms", "control_plane_vms", type=click.Choice(["0", "1", "3"]),
+              default=None, help="Run the supervisor in this many control-plane VMs behind a "
+              "floating IP (0: in the host service). Moves the lab's objects; kept until "
+              "changed.")
+def up(skip_host_prep: bool, timeout: int, control_plane_vms: str | None) -> None:
     """Prepare this host and start the host service."""
     s = _settings()
     if not skip_host_prep:
         _prepare_host(s)
     _start_service(s)
     _wait_ready(s, timeout)
+    if control_plane_vms is not None:
+        _place_control_plane(s, int(control_plane_vms))
     _summary(s)
+
+
+def _place_control_plane(s: Settings, wanted: int) -> None:
+    """Move the supervisor into ``wanted`` control-plane VMs, or back into the host."""
+    from appliance.controlplane import move
+    from appliance.controlplane.config import PlanError
+    from appliance.controlplane.placement import PlacementError
+
+    try:
+        have = move.current_size(s)
+    except PlacementError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if wanted == have:
+        return
+    if have and wanted:
+        raise click.ClickException(
+            f"the supervisor runs in {have} control-plane VM(s); going to {wanted} directly is "
+            "not supported yet: run `lab up --control-plane-vms 0` first")
+
+    def say(line: str) -> None:
+        console.print(f"[green]✓[/] {line}")
+
+    def stop() -> None:
+        _stop_service(s)
+
+    def start() -> None:
+        _start_service(s)
+        _wait_ready(s, 300)
+
+    try:
+        if wanted:
+            image = subprocess.run([sys.executable, "-m", "appliance.cli", "image", "build",
+                                    "pacific-appliance"], env={**os.environ}, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if image.returncode != 0:
+                last = (image.stdout.strip().splitlines() or ["no output"])[-1]
+                raise click.ClickException(f"building the pacific-appliance image failed: {last}")
+            with console.status(f"moving the supervisor into {wanted} control-plane VM(s)"):
+                move.move_in(s, wanted, stop=stop, start=start, say=say)
+        else:
+            with console.status("moving the supervisor back into the host service"):
+                move.move_out(s, stop=stop, start=start, say=say)
+    except (move.MoveError, PlanError, PlacementError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _prepare_host(s: Settings) -> None:
@@ -126,14 +176,16 @@ def _leader(s: Settings) -> str:
 
 
 def _api_ready(s: Settings) -> bool:
+    from appliance.controlplane.move import host_api_url
+
     ca = s.pki_dir / "ca.crt"
     if not ca.exists():
         return False
     session = requests.Session()
     session.trust_env = False
     try:
-        return session.get(f"https://127.0.0.1:{s.api_port}/readyz", verify=str(ca),
-                           timeout=2).status_code == 200
+        return session.get(f"{host_api_url(s)}/readyz", verify=str(ca),
+                           timeout=5).status_code == 200
     except requests.RequestException:
         return False
     finally:
@@ -153,6 +205,31 @@ def _wait_ready(s: Settings, timeout: int) -> None:
     raise click.ClickException(f"the API did not answer within {timeout}s; see `lab logs`")
 
 
+def _control_plane_status(s: Settings) -> None:
+    """The control-plane VMs (when the supervisor runs in them): health, roles, and who
+    holds the floating IP."""
+    from appliance.controlplane.node import control_plane_summary
+    from appliance.controlplane.placement import Placement
+    from appliance.errors import ApiError
+
+    placement = Placement.load(s.state_dir)
+    if placement is None:
+        out.print("supervisor: embedded in the host service")
+        return
+    out.print(f"supervisor: {placement.vms} control-plane VM(s) at {placement.api_url}")
+    try:
+        client, _ = _api_from_kubeconfig(str(s.admin_kubeconfig_path))
+        nodes = client.get(client.path("", "v1", "nodes")).get("items") or []
+    except (ApiError, click.ClickException, requests.RequestException, OSError) as exc:
+        out.print(f"  cannot list the control-plane Nodes: {exc}", markup=False)
+        return
+    rows, holder = control_plane_summary(nodes)
+    for row in rows:
+        out.print(f"  {row['name']}: Ready={row['ready']}  database {row['database']}  "
+                  f"etcd {row['etcd']}", markup=False)
+    out.print(f"floating IP {placement.vip} held by {holder or 'nobody'}")
+
+
 def _running(s: Settings) -> bool:
     from appliance import daemon
 
@@ -164,10 +241,19 @@ def _running(s: Settings) -> bool:
 def _summary(s: Settings) -> None:
     from appliance.service import primary_address
 
+    from appliance.controlplane.placement import Placement
+    from appliance.settings import Settings as Defaults
+
+    placement = Placement.load(s.state_dir)
     addr = s.public_host or primary_address()
-    out.print(f"API:        https://{addr}:{s.api_port}")
-    out.print(f"Dashboard:  https://{addr}:{s.dashboard_port}")
-    if s.registry_enabled:
+    if placement:  # the control-plane VMs serve with their own (default) ports
+        out.print(f"Supervisor: {placement.vms} control-plane VM(s), floating IP {placement.vip}")
+        out.print(f"API:        {placement.api_url}")
+        out.print(f"Dashboard:  https://{placement.vip}:{Defaults.dashboard_port}")
+    else:
+        out.print(f"API:        https://{addr}:{s.api_port}")
+        out.print(f"Dashboard:  https://{addr}:{s.dashboard_port}")
+    if s.registry_enabled and not placement:
         out.print(f"Registry:   {addr}:{s.registry_port}  (images: {addr}:{s.registry_port}"
                   "/NAMESPACE/IMAGE:TAG; `lab registry login`)")
     marker = s.run_dir / "admin-password-unshown"
@@ -192,16 +278,21 @@ def serve() -> None:
     HostService(s).run_forever()
 
 
+def _stop_service(s: Settings) -> bool:
+    """Stop the host service; False if it was not running."""
+    from appliance import daemon
+
+    if daemon.systemd_is_pid1():
+        daemon.stop_unit(SERVICE_NAME)
+        return True
+    return bool(daemon.stop_daemon(_pidfile(s)))
+
+
 @main.command()
 def down() -> None:
     """Stop the host service."""
-    from appliance import daemon
-
     s = _settings()
-    if daemon.systemd_is_pid1():
-        daemon.stop_unit(SERVICE_NAME)
-        console.print("[green]✓[/] stopped")
-    elif daemon.stop_daemon(_pidfile(s)):
+    if _stop_service(s):
         console.print("[green]✓[/] host service stopped")
     else:
         console.print("host service was not running")
@@ -231,6 +322,7 @@ def status() -> None:
                   f"(https://127.0.0.1:{s.api_port})")
     if ready:
         out.print(f"controllers: led by {_leader(s) or 'nobody yet'}")
+        _control_plane_status(s)
         if s.registry_enabled:
             out.print(f"registry: {registry_host(s)}")
     facts = load_facts(s) if s.host_facts_path.exists() else {}

@@ -8,6 +8,7 @@ controllers and the host agent, which talk to the API like any client.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -122,6 +123,15 @@ class HostService:
         s = self.settings
         for d in (s.state_dir, s.log_dir, s.run_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if s.role == "embedded":
+            from appliance.controlplane.placement import Placement
+
+            placement = Placement.load(s.state_dir)
+            if placement is not None:  # the supervisor lives in control-plane VMs
+                self._start_host_role(placement)
+                return
+        else:
+            self._await_store()
         sup = Supervisor.open(s)
         self.supervisor = sup
         password = sup.bootstrap()
@@ -153,7 +163,8 @@ class HostService:
             self._start_registry(sup, pki)
         self._start_controllers(sup)
         if s.role == "embedded":
-            self._start_agent(sup, pki, host, addr)
+            facts = host_facts(s, host, addr)
+            self._start_agents(self._node_client(sup, pki, str(facts["hostname"])), facts, pki)
         else:  # a control-plane VM runs no VMs or pods: it is a Node, tainted NoSchedule
             from appliance.controlplane.node import control_plane_annotations, vm_facts
 
@@ -305,11 +316,73 @@ class HostService:
             except Exception:
                 LOG.exception("housekeeping failed")
 
-    def _start_agent(self, sup: Supervisor, pki: Pki, host: str, addr: str) -> None:
-        facts = load_facts(self.settings)
-        facts.setdefault("hostname", host)
-        facts.setdefault("address", addr)
-        client = self._node_client(sup, pki, str(facts["hostname"]))
+    def _await_store(self) -> None:
+        """A control-plane VM's supervisor serves only a lab's store: it waits until ``lab
+        up --control-plane-vms`` has moved the objects into the database (one
+        transaction, appliance.store.transfer), and never bootstraps an empty one that
+        the move would then refuse to fill."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from appliance.store.db import holds_objects
+
+        engine = make_engine(self.settings.effective_database_url)
+        try:
+            for waited in itertools.count(step=2):
+                try:
+                    if holds_objects(engine):
+                        return
+                    reason = "the store is empty"
+                except SQLAlchemyError as exc:
+                    reason = f"the database does not answer ({type(exc).__name__})"
+                if waited % 60 == 0:
+                    LOG.info("waiting for the lab's objects to be moved in (lab up "
+                             "--control-plane-vms): %s", reason)
+                if self.stop.wait(2.0):
+                    raise RuntimeError("stopped while waiting for the lab's objects")
+        finally:
+            engine.dispose()
+
+    def _start_host_role(self, placement: Any) -> None:
+        """The host of a lab whose supervisor runs in control-plane VMs: no store, API or
+        controllers here; the agents (and the namespace networks' controllers, which
+        configure this host) are clients of the API on the floating IP."""
+        s = self.settings
+        host = s.public_host or socket.gethostname()
+        addr = primary_address()
+        pki = ensure_pki(s.pki_dir, [host, "localhost"], sorted({*local_addresses(), addr}))
+        self.pki = pki
+        facts = host_facts(s, host, addr)
+        client = ApiClient(placement.api_url, placement.node_token, str(pki.ca_cert))
+        self._start_agents(client, facts, pki)
+        if s.network_enabled:
+            network = ApiClient(placement.api_url, placement.network_token, str(pki.ca_cert))
+            self._thread(lambda stop: self._run_network_stack(network, stop), "network-stack")
+        self.ready.set()
+        LOG.info("host service ready in the host role: the supervisor is %d control-plane "
+                 "VM(s) at %s", placement.vms, placement.api_url)
+
+    def _run_network_stack(self, client: ApiClient, stop: threading.Event) -> None:
+        from appliance.network.config import NetworkConfig
+        from appliance.network.controllers import NetworkStack
+
+        while not stop.is_set():
+            try:
+                stack = NetworkStack(RemoteApi(client), self.settings,
+                                     NetworkConfig.from_settings(self.settings))
+                break
+            except Exception as exc:  # the floating IP may not answer yet
+                LOG.warning("network stack: the supervisor does not answer (%s); retrying", exc)
+                stop.wait(5.0)
+        else:
+            return
+        threads = [threading.Thread(target=c.run, args=(stop,), name=c.name, daemon=True)
+                   for c in stack.controllers()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _start_agents(self, client: ApiClient, facts: dict[str, Any], pki: Pki) -> None:
         self._thread(HostAgent(client, facts).run, "host-agent")
         self._thread(lambda stop: self._run_vm_agent(client, facts, stop,
                                                      node_token=client.token,
@@ -413,6 +486,13 @@ class HostService:
         self.shutdown()
         logging.shutdown()
         os._exit(0)  # worker threads blocked on idle keep-alive sockets must not hold us
+
+
+def host_facts(settings: Settings, host: str, addr: str) -> dict[str, Any]:
+    facts = load_facts(settings)
+    facts.setdefault("hostname", host)
+    facts.setdefault("address", addr)
+    return facts
 
 
 def load_facts(settings: Settings) -> dict[str, Any]:

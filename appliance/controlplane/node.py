@@ -83,3 +83,28 @@ def holds(address: str) -> bool:
         except OSError:
             return False
     return True
+
+
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+
+
+def control_plane_summary(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str]:
+    """What ``lab status`` and the dashboard's hosts page say of the control-plane VMs:
+    a row per control-plane Node (name, Ready, database role, etcd) and who holds the
+    floating IP (``""`` when nobody says so)."""
+    rows, holder = [], ""
+    for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name", ""))):
+        meta = node.get("metadata") or {}
+        if CONTROL_PLANE_LABEL not in (meta.get("labels") or {}):
+            continue
+        notes = meta.get("annotations") or {}
+        ready = next((c.get("status") for c in (node.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready"), "Unknown")
+        name = str(meta.get("name", ""))
+        rows.append({"name": name, "ready": str(ready),
+                     "database": str(notes.get(DATABASE_ROLE) or "unknown"),
+                     "etcd": str(notes.get(ETCD) or "unknown"),
+                     "floating_ip": str(notes.get(FLOATING_IP) or "")})
+        if notes.get(FLOATING_IP):
+            holder = name
+    return rows, holder

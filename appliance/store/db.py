@@ -68,3 +68,14 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def holds_objects(engine: Engine) -> bool:
+    """Whether the store has been made and holds objects (a lab's, bootstrapped or moved
+    in); False for an empty database or one with only the schema."""
+    from sqlalchemy import inspect, text
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("resources"):
+            return False
+        return conn.execute(text("SELECT 1 FROM resources LIMIT 1")).first() is not None

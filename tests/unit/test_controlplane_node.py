@@ -101,3 +101,20 @@ def test_who_holds_the_floating_ip() -> None:
     assert node.holds("127.0.0.1")
     assert not node.holds("198.51.100.77")  # TEST-NET-2: on no interface here
     assert not node.holds("not-an-address")
+
+
+def test_the_control_plane_summary_names_the_floating_ips_holder() -> None:
+    def cp(name: str, ready: str, db: str, vip: str) -> dict:
+        obj = node_object(node.vm_facts(name, "198.18.0.6"), "control-plane")
+        obj["metadata"]["annotations"] = {node.DATABASE_ROLE: db, node.ETCD: "member",
+                                          node.FLOATING_IP: vip}
+        obj["status"]["conditions"] = [{"type": "Ready", "status": ready}]
+        return obj
+
+    nodes = [cp("pacific-cp-2", "True", "replica", ""), node_object({"hostname": "h1"}),
+             cp("pacific-cp-1", "False", "primary", "198.18.0.5")]
+    rows, holder = node.control_plane_summary(nodes)
+    assert [(r["name"], r["ready"], r["database"]) for r in rows] == [
+        ("pacific-cp-1", "False", "primary"), ("pacific-cp-2", "True", "replica")]
+    assert holder == "pacific-cp-1"
+    assert node.control_plane_summary([node_object({"hostname": "h1"})]) == ([], "")

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, abort, render_template
 
 from appliance import errors
+from appliance.controlplane.node import control_plane_summary
 from appliance.kinds.registry import Obj
 from appliance.kinds.vmop import GROUP as VMOP
 from appliance.util.quantity import QuantityError, parse_quantity
@@ -100,4 +101,8 @@ def index() -> str:
         })
     network = {"cidr": s.appliance_cidr, "bridge": s.appliance_bridge,
                "ratio": s.cpu_allocation_ratio}
-    return render_template("hosts.html", hosts=hosts, network=network)
+    control_plane, holder = control_plane_summary(nodes)
+    floating_ip = next((r["floating_ip"] for r in control_plane if r["floating_ip"]),
+                       s.public_host if s.role == "control-plane" else "")
+    return render_template("hosts.html", hosts=hosts, network=network,
+                           control_plane=control_plane, holder=holder, floating_ip=floating_ip)
