@@ -310,6 +310,8 @@ def down() -> None:
 @main.command()
 def status() -> None:
     """Show whether the host service runs and what the host is."""
+    from appliance.controlplane.move import host_api_url
+    from appliance.controlplane.placement import Placement
     from appliance.registry import registry_host
     from appliance.service import load_facts
 
@@ -318,12 +320,11 @@ def status() -> None:
     out.print(f"host service: {'running' if running else 'stopped'}")
     ready = running and _api_ready(s)
     if running:
-        out.print(f"API: {'ready' if ready else 'not ready'} "
-                  f"(https://127.0.0.1:{s.api_port})")
+        out.print(f"API: {'ready' if ready else 'not ready'} ({host_api_url(s)})")
     if ready:
         out.print(f"controllers: led by {_leader(s) or 'nobody yet'}")
         _control_plane_status(s)
-        if s.registry_enabled:
+        if s.registry_enabled and not Placement.load(s.state_dir):
             out.print(f"registry: {registry_host(s)}")
     facts = load_facts(s) if s.host_facts_path.exists() else {}
     if facts:

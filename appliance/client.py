@@ -82,11 +82,17 @@ class ApiClient:
         return self.request("DELETE", path, {})
 
     def watch(self, path: str, resource_version: str = "", timeout: int = 300,
-              **params: Any) -> Iterator[dict[str, Any]]:
+              idle_timeout: float | None = None, **params: Any) -> Iterator[dict[str, Any]]:
+        """The events of a watch. ``idle_timeout``: give up when nothing at all arrives for
+        this long (with bookmarks asked for, the supervisor writes one every
+        ``KEEPALIVE_SECONDS`` of quiet), so that a connection to a server that died
+        without a word (a control-plane VM destroyed) is noticed in about a minute, not
+        at the end of the watch."""
         params = {"watch": "true", "resourceVersion": resource_version,
                   "timeoutSeconds": str(timeout), **params}
+        read_timeout = timeout + 30 if idle_timeout is None else min(idle_timeout, timeout + 30)
         with self.session.get(self.server + path, params=params, stream=True,
-                              timeout=(self.timeout, timeout + 30)) as resp:
+                              timeout=(self.timeout, read_timeout)) as resp:
             if resp.status_code >= 400:
                 self._decode(resp)
             for line in resp.iter_lines():

@@ -18,6 +18,12 @@ from appliance.client import ApiClient
 from appliance.kinds.registry import Obj
 from appliance.objects import MERGE_PATCH, SYSTEM, ObjectService, Target, WriteOptions
 
+#: A remote watch that has read nothing for this long is given up and listed again: the
+#: supervisor writes a bookmark after every ``appliance.api.app.KEEPALIVE_SECONDS`` (20 s)
+#: of quiet, so three missing ones mean the server is gone (a control-plane VM
+#: destroyed without closing its connections).
+WATCH_IDLE_TIMEOUT = 65.0
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -119,7 +125,8 @@ class RemoteApi:
     def watch(self, ref: Ref, resource_version: str, namespace: str = "",
               timeout: float = 300) -> Iterator[tuple[str, Obj] | None]:
         for ev in self.client.watch(self._path(ref, namespace), resource_version,
-                                    timeout=int(timeout), allowWatchBookmarks="true"):
+                                    timeout=int(timeout), idle_timeout=WATCH_IDLE_TIMEOUT,
+                                    allowWatchBookmarks="true"):
             if ev.get("type") == "ERROR":
                 status = ev.get("object") or {}
                 raise errors.ApiError(int(status.get("code", 500)), status.get("reason", ""),

@@ -159,6 +159,10 @@ class Controller:
                 LOG.warning("[%s/%s] %s: read failed: %s", namespace, name, self.name, err)
                 self.queue.add(key, 5.0)
             return
+        except OSError as exc:  # a remote API did not answer (its floating IP moving)
+            LOG.warning("[%s/%s] %s: read failed: %s", namespace, name, self.name, exc)
+            self.queue.add(key, 5.0)
+            return
         if not self.wants(obj):
             return
         try:
@@ -194,6 +198,9 @@ class Controller:
             except errors.ApiError as err:
                 LOG.info("%s: watch ended (%s); listing again", self.name, err)
                 stop.wait(1.0)
+            except OSError as exc:  # a remote API that does not answer: no traceback
+                LOG.warning("%s: watch failed (%s); listing again", self.name, exc)
+                stop.wait(5.0)
             except Exception:
                 LOG.exception("%s: watch failed; listing again", self.name)
                 stop.wait(5.0)
@@ -214,6 +221,10 @@ class Controller:
                 LOG.info("%s: watch of %s ended (%s); listing again", self.name, ref.plural,
                          err)
                 stop.wait(1.0 if err.code != 404 else 60.0)
+            except OSError as exc:
+                LOG.warning("%s: watch of %s failed (%s); listing again", self.name,
+                            ref.plural, exc)
+                stop.wait(5.0)
             except Exception:
                 LOG.exception("%s: watch of %s failed; listing again", self.name, ref.plural)
                 stop.wait(5.0)

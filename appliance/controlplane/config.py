@@ -26,6 +26,13 @@ On every VM:
 - **keepalived** (``/etc/keepalived/keepalived.conf``) holds the floating IP
   (VIP) on one VM whose supervisor answers ``/readyz``; VRRP over unicast to
   the other members, ``nopreempt`` so the VIP does not move back and forth.
+
+Timers are paced for emulated CPUs, where three VMs may share two host cores
+and a member can be starved for a second or two: etcd heartbeats every 500 ms
+and elects after 5 s (the defaults, 100 ms and 1 s, made it re-elect and cost
+Patroni its leader key); VRRP advertises every 2 s (a dead VM's floating IP
+moves after about 7 s); the ``/readyz`` check runs every 10 s with 8 s to
+answer and must fail 3 times before the VM gives the floating IP up.
 - **the supervisor**: ``pacific-lab.service`` runs ``lab serve`` with the
   ``LAB_*`` settings of ``/etc/pacific-lab/env`` (the database is every
   member's PostgreSQL, ``target_session_attrs=read-write`` picks the primary)

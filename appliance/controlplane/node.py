@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -86,25 +87,41 @@ def holds(address: str) -> bool:
 
 
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+#: A control-plane Node heartbeats every 10 s; after this long without one, what it said
+#: last (Ready, its roles, holding the floating IP) is not believed.
+STALE_AFTER = 40.0
 
 
-def control_plane_summary(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, str]], str]:
+def control_plane_summary(nodes: list[dict[str, Any]], now: float | None = None
+                          ) -> tuple[list[dict[str, str]], str]:
     """What ``lab status`` and the dashboard's hosts page say of the control-plane VMs:
     a row per control-plane Node (name, Ready, database role, etcd) and who holds the
-    floating IP (``""`` when nobody says so)."""
+    floating IP (``""`` when nobody says so). A Node whose heartbeat is older than
+    ``STALE_AFTER`` (a VM that died) is ``Unknown`` and holds nothing."""
+    from datetime import datetime
+
+    now = time.time() if now is None else now
     rows, holder = [], ""
     for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name", ""))):
         meta = node.get("metadata") or {}
         if CONTROL_PLANE_LABEL not in (meta.get("labels") or {}):
             continue
         notes = meta.get("annotations") or {}
-        ready = next((c.get("status") for c in (node.get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Ready"), "Unknown")
+        ready = next((c for c in (node.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "Ready"), {})
+        try:
+            beat = datetime.fromisoformat(str(ready.get("lastHeartbeatTime"))
+                                          .replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            beat = 0.0
+        fresh = now - beat <= STALE_AFTER
         name = str(meta.get("name", ""))
-        rows.append({"name": name, "ready": str(ready),
-                     "database": str(notes.get(DATABASE_ROLE) or "unknown"),
-                     "etcd": str(notes.get(ETCD) or "unknown"),
-                     "floating_ip": str(notes.get(FLOATING_IP) or "")})
-        if notes.get(FLOATING_IP):
+        rows.append({"name": name,
+                     "ready": str(ready.get("status") or "Unknown") if fresh else "Unknown",
+                     "database": str(notes.get(DATABASE_ROLE) or "unknown") if fresh
+                     else "unknown",
+                     "etcd": str(notes.get(ETCD) or "unknown") if fresh else "unknown",
+                     "floating_ip": str(notes.get(FLOATING_IP) or "") if fresh else ""})
+        if fresh and notes.get(FLOATING_IP):
             holder = name
     return rows, holder

@@ -34,6 +34,10 @@ CLASS_NAME = "pacific-control-plane"
 #: Two vCPUs and 2 GiB: PostgreSQL, etcd, Patroni and the supervisor together stay
 #: under 1 GiB resident when idle; the rest is page cache for the database.
 CLASS_CPUS = 2
+#: Without KVM every vCPU is a host thread emulating a CPU: three VMs of two vCPUs are
+#: six busy threads on a host that may have two cores, and the supervisors starve.
+#: One vCPU each emulates less in parallel and keeps the control plane answering.
+CLASS_CPUS_TCG = 1
 CLASS_MEMORY = "2Gi"
 ROLE_LABEL = "pacific.lab/role"
 ROLE = "control-plane"
@@ -42,17 +46,17 @@ SECRET_SUFFIX = "-cloud-init"
 Obj = dict[str, Any]
 
 
-def vm_class() -> Obj:
+def vm_class(cpus: int = CLASS_CPUS) -> Obj:
     return {"apiVersion": f"{GROUP}/{STORAGE}", "kind": "VirtualMachineClass",
             "metadata": {"name": CLASS_NAME, "namespace": SYSTEM_NAMESPACE,
                          "labels": {ROLE_LABEL: ROLE}},
-            "spec": {"hardware": {"cpus": CLASS_CPUS, "memory": CLASS_MEMORY},
+            "spec": {"hardware": {"cpus": cpus, "memory": CLASS_MEMORY},
                      "description": "The supervisor's control-plane VMs"}}
 
 
-def control_plane_objects(plan: Plan, pki: PkiFiles) -> list[Obj]:
+def control_plane_objects(plan: Plan, pki: PkiFiles, cpus: int = CLASS_CPUS) -> list[Obj]:
     """The class, then for each member its cloud-init Secret and its VirtualMachine."""
-    objects = [vm_class()]
+    objects = [vm_class(cpus)]
     for index, member in enumerate(plan.members):
         secret = member.name + SECRET_SUFFIX
         text = user_data(plan, index, pki, None)
@@ -106,7 +110,10 @@ def declare(service: ObjectService, settings: Settings, n: int, pki: Pki) -> Pla
     files = PkiFiles(pki.ca_cert.read_text(), cert, key)
     catalog = Catalog(service)
     catalog.assign_image(SYSTEM, APPLIANCE_IMAGE, SYSTEM_NAMESPACE)
-    for obj in control_plane_objects(plan, files):
+    from appliance.service import load_facts
+
+    emulated = load_facts(settings).get("accelerator") != "kvm"
+    for obj in control_plane_objects(plan, files, CLASS_CPUS_TCG if emulated else CLASS_CPUS):
         group, _, version = obj["apiVersion"].rpartition("/")
         kind = service.registry.by_kind(group, obj["kind"])
         assert kind is not None

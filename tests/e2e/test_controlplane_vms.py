@@ -1,5 +1,6 @@
-"""A running lab moves into a control-plane VM and back: ``lab up --control-plane-vms 1``
-and ``--control-plane-vms 0`` (issue 13).
+"""A running lab moves into three control-plane VMs, survives losing the one that holds
+the floating IP, and moves back: ``lab up --control-plane-vms 3`` and
+``--control-plane-vms 0`` (issue 13).
 
 A lab of its own (state directory, ports, daemon) is started with ``lab up`` and given
 objects with kubectl. Then, as an administrator would:
@@ -46,7 +47,8 @@ pytestmark = pytest.mark.e2e
 
 KUBECTL = Path("/usr/bin/kubectl")
 NS = "kube-system"
-VM = "pacific-cp-1"
+VMS = ("pacific-cp-1", "pacific-cp-2", "pacific-cp-3")
+PROBE_ADDRESS = "198.18.0.9"  # reserved for kube-system, used by nothing else
 VIP = "198.18.0.5"
 MOVE_TIMEOUT = 1800  # the appliance image's boot and PostgreSQL's first start, under TCG
 
@@ -75,6 +77,9 @@ def movable_lab() -> Iterator[LabServer]:
         log = server.state_dir / "logs" / "host-service.log"
         if log.exists():
             print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
+        for console in sorted((server.state_dir / "consoles").glob("*pacific-cp-*.log")):
+            print(f"--- {console.name}")
+            print(console.read_text(errors="replace")[-1500:])
         left = server.remove_leftovers()
         shutil.rmtree(base, ignore_errors=True)
         if left:
@@ -87,8 +92,9 @@ def objects(kc: Kubectl, kind: str, namespace: str) -> dict[str, tuple[str, str]
             for i in items}
 
 
-def test_a_lab_moves_into_a_control_plane_vm_and_back(movable_lab: LabServer,
-                                                       tmp_path: Path) -> None:
+@pytest.mark.timeout(2400)  # the image, three emulated VMs, a loss and a return
+def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
+        movable_lab: LabServer, tmp_path: Path) -> None:
     server = movable_lab
     lab(server, "up", "--skip-host-prep")
     kc = Kubectl(KUBECTL, server.admin_kubeconfig, tmp_path / "cache")
@@ -100,11 +106,11 @@ def test_a_lab_moves_into_a_control_plane_vm_and_back(movable_lab: LabServer,
     secrets_before = objects(kc, "secrets", "moved")
 
     started = time.monotonic()
-    out = lab(server, "up", "--skip-host-prep", "--control-plane-vms", "1",
+    out = lab(server, "up", "--skip-host-prep", "--control-plane-vms", str(len(VMS)),
               timeout=MOVE_TIMEOUT)
     moved_in = time.monotonic() - started
     moved_at = time.time()
-    print(f"lab up --control-plane-vms 1: {moved_in:.0f} s\n{out}")
+    print(f"lab up --control-plane-vms {len(VMS)}: {moved_in:.0f} s\n{out}")
     assert "moved " in out and f"floating IP {VIP}" in out
     assert f"API: https://{VIP}:6443" in out
 
@@ -119,30 +125,25 @@ def test_a_lab_moves_into_a_control_plane_vm_and_back(movable_lab: LabServer,
     assert not (server.state_dir / "supervisor.db").exists()
     assert list((server.state_dir / "moved-stores").glob("supervisor-*.db"))
 
-    # The VM's supervisor leads the controllers (after the host's Lease expired).
+    # A VM's supervisor leads the controllers (once the host's Lease has expired).
     def leader() -> str | None:
         proc = kc.run("get", "lease", "pacific-lab-controllers", "-n", NS, "-o",
                       "jsonpath={.spec.holderIdentity}", check=False)
-        return proc.stdout if proc.returncode == 0 and proc.stdout.startswith(VM) else None
+        return proc.stdout if proc.returncode == 0 and proc.stdout.startswith(
+            tuple(VMS)) else None
 
-    wait_for("the control-plane VM to lead the controllers", leader, 180, 3)
+    wait_for("a control-plane VM to lead the controllers", leader, 180, 3)
 
-    # The VM is a control-plane Node, and lab status says who holds the floating IP.
-    def status_line() -> str | None:
-        proc = subprocess.run([sys.executable, "-m", "appliance.cli", "status"],
-                              env=server.env, capture_output=True, text=True, cwd=ROOT,
-                              timeout=120)
-        return proc.stdout if f"floating IP {VIP} held by {VM}" in proc.stdout else None
-
-    status = wait_for("lab status to name the floating IP's holder", status_line, 180, 5)
-    assert f"{VM}: Ready=True  database primary  etcd member" in status, status
-    node = json.loads(kc.run("get", "node", VM, "-o", "json").stdout)
+    # The VMs are control-plane Nodes, and lab status says who holds the floating IP.
+    holder, status = wait_for("lab status to show the control plane healthy",
+                              lambda: healthy_status(server), 600, 5)
+    print(status)
+    node = json.loads(kc.run("get", "node", holder, "-o", "json").stdout)
     assert "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"]
     assert node["spec"]["taints"] == [{"key": "node-role.kubernetes.io/control-plane",
                                        "effect": "NoSchedule"}]
 
-    # The host's agents work through the floating IP: its Node's heartbeat is newer than
-    # the move, and the VM agent still reports the control-plane VM.
+    # The host's agent works through the floating IP: its heartbeat is newer than the move.
     nodes = json.loads(kc.run("get", "nodes", "-o", "json").stdout)["items"]
     host_node = next(n for n in nodes if "node-role.kubernetes.io/host" in n["metadata"]["labels"])
 
@@ -154,42 +155,113 @@ def test_a_lab_moves_into_a_control_plane_vm_and_back(movable_lab: LabServer,
         return ready["status"] == "True" and beat.timestamp() > moved_at
 
     wait_for("the host's heartbeat through the floating IP", heartbeat_after_move, 120, 5)
-    vm = json.loads(kc.run("get", "vm", VM, "-n", NS, "-o", "json").stdout)
-    assert vm["status"]["network"]["primaryIP4"] == "198.18.0.6"
 
-    def ssh(command: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "appliance.cli", "ssh", "vm", f"{NS}/{VM}",
-                               "--kubeconfig", str(server.admin_kubeconfig), command],
-                              env=server.env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
+    assert ssh(server, holder, "sudo ls /var/lib/pacific-lab/pki").split() == [
+        "ca.crt", "server.crt", "server.key"]
+    wait_for("Patroni's leader and synchronous standby",
+             lambda: patroni_roles(server, holder) if {"Leader", "Sync Standby"} <= set(
+                 patroni_roles(server, holder).values()) else None, 300, 5)
 
-    assert ssh("sudo ls /var/lib/pacific-lab/pki").split() == ["ca.crt", "server.crt",
-                                                                "server.key"]
-    members = json.loads(ssh("sudo -u postgres patronictl -c /etc/patroni/config.yml "
-                             "list --format json"))
-    assert [(m["Member"], m["Role"], m["State"]) for m in members] == [
-        (VM, "Leader", "running")]
+    # Writes acknowledged by the supervisors, then the floating IP's holder is lost.
+    for i in range(20):
+        kc.run("create", "configmap", f"ack-{i}", "-n", "moved", f"--from-literal=i={i}")
+    acknowledged = objects(kc, "configmaps", "moved")
+    dom = domain_name({"metadata": {"namespace": NS, "name": holder}},
+                      vm_prefix(server.state_dir))
+    virsh("destroy", dom)
+    lost = time.monotonic()
+    probe = {"apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",
+             "metadata": {"name": "outage-probe", "namespace": NS},
+             "spec": {"className": "pacific-control-plane", "imageName": "pacific-appliance",
+                      "powerState": "PoweredOff", "network": {"interfaces": [{
+                          "name": "eth0", "addresses": [f"{PROBE_ADDRESS}/24"]}]}}}
+    manifest = tmp_path / "probe.yaml"
+    manifest.write_text(yaml.safe_dump(probe))
+    wait_for("a VM declared during the outage to be accepted",
+             lambda: kc.run("apply", "-f", str(manifest), check=False,
+                            timeout=30).returncode == 0, 600, 2)
+    answered = time.monotonic() - lost
+    print(f"floating IP answered and took a write {answered:.0f} s after the holder was lost")
+    after = objects(kc, "configmaps", "moved")
+    assert {k: v for k, v in after.items() if k in acknowledged} == acknowledged
 
-    # A write acknowledged by the VM's supervisor comes back with the lab.
-    kc.run("create", "configmap", "written-in-the-vm", "-n", "moved", "--from-literal=a=b")
+    def new_holder() -> str | None:
+        found = healthy_status(server, require_all=False)
+        return found[0] if found and found[0] != holder else None
+
+    print(f"floating IP moved to {wait_for('the floating IP to move', new_holder, 300, 5)}")
+
+    def probe_created() -> bool:
+        proc = kc.run("get", "vm", "outage-probe", "-n", NS, "-o", "json", check=False)
+        status = json.loads(proc.stdout).get("status", {}) if proc.returncode == 0 else {}
+        return status.get("powerState") == "PoweredOff" and any(
+            c["type"] == "VirtualMachineConditionCreated" and c["status"] == "True"
+            for c in status.get("conditions") or [])
+
+    wait_for("the VM declared during the outage to be created", probe_created, 300, 5)
+    _, status = wait_for("the lost VM back and all three healthy",
+                         lambda: healthy_status(server), 900, 10)
+    print(f"all {len(VMS)} healthy again {time.monotonic() - lost:.0f} s after the loss\n"
+          f"{status}")
+    kc.run("delete", "vm", "outage-probe", "-n", NS, "--timeout=300s", timeout=330)
     during = objects(kc, "configmaps", "moved")
-    assert set(during) == set(before) | {"written-in-the-vm"}
 
     started = time.monotonic()
     out = lab(server, "up", "--skip-host-prep", "--control-plane-vms", "0",
               timeout=MOVE_TIMEOUT)
     print(f"lab up --control-plane-vms 0: {time.monotonic() - started:.0f} s\n{out}")
-    assert "back into the host service" in out and f"removed the control-plane VMs ({VM})" in out
+    assert "back into the host service" in out
+    assert f"removed the control-plane VMs ({', '.join(VMS)})" in out
     config = yaml.safe_load(server.admin_kubeconfig.read_text())
     assert config["clusters"][0]["cluster"]["server"] == f"https://127.0.0.1:{server.api_port}"
     kc = Kubectl(KUBECTL, server.admin_kubeconfig, tmp_path / "cache-back")
     assert objects(kc, "configmaps", "moved") == during
     assert objects(kc, "secrets", "moved") == secrets_before
     assert kc.run("get", "vm", "-n", NS, "-o", "name").stdout.strip() == ""
-    assert VM not in kc.run("get", "nodes", "-o", "name").stdout
-    dom = domain_name({"metadata": {"namespace": NS, "name": VM}}, vm_prefix(server.state_dir))
-    listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-                            capture_output=True, text=True, timeout=60).stdout.split()
-    assert dom not in listed
+    assert not set(VMS) & {n.split("/")[-1] for n in kc.run("get", "nodes", "-o",
+                                                             "name").stdout.split()}
+    listed = virsh("list", "--all", "--name").split()
+    assert not [d for d in listed if "_kube-system_pacific-cp-" in d and
+                d.startswith(vm_prefix(server.state_dir))]
     assert "supervisor: embedded in the host service" in lab(server, "status")
+
+
+def virsh(*args: str) -> str:
+    proc = subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def ssh(server: LabServer, vm: str, command: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "ssh", "vm", f"{NS}/{vm}",
+                           "--kubeconfig", str(server.admin_kubeconfig), command],
+                          env=server.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def patroni_roles(server: LabServer, vm: str) -> dict[str, str]:
+    members = json.loads(ssh(server, vm, "sudo -u postgres patronictl -c "
+                             "/etc/patroni/config.yml list --format json"))
+    return {m["Member"]: m["Role"] for m in members if m["State"] in ("running", "streaming")}
+
+
+def healthy_status(server: LabServer, require_all: bool = True) -> tuple[str, str] | None:
+    """(the floating IP's holder, ``lab status``) once every control-plane VM is Ready with
+    its database and etcd up, one of them the primary (or, without ``require_all``, once
+    somebody holds the floating IP)."""
+    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "status"], env=server.env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    text = proc.stdout
+    held = [line.rsplit(" ", 1)[-1] for line in text.splitlines()
+            if line.startswith(f"floating IP {VIP} held by ")]
+    holder = held[0] if held and held[0] in VMS else ""
+    if not require_all:
+        return (holder, text) if holder else None
+    rows = [line.strip() for line in text.splitlines() if line.strip().startswith(tuple(VMS))]
+    ok = len(rows) == len(VMS) and all("Ready=True" in r and "etcd member" in r and
+                                        ("database primary" in r or "database replica" in r)
+                                        for r in rows)
+    primaries = sum("database primary" in r for r in rows)
+    return (holder, text) if holder and ok and primaries == 1 else None

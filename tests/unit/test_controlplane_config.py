@@ -250,7 +250,8 @@ def test_etcd_lists_every_member(tmp_path: Path, pki: PkiFiles) -> None:
             "ETCD_INITIAL_ADVERTISE_PEER_URLS": f"http://{member.address}:2380",
             "ETCD_ADVERTISE_CLIENT_URLS": f"http://{member.address}:2379",
             "ETCD_INITIAL_CLUSTER": cluster, "ETCD_INITIAL_CLUSTER_STATE": "new",
-            "ETCD_INITIAL_CLUSTER_TOKEN": p.secrets.etcd_token, "ETCD_ENABLE_V2": "false"}
+            "ETCD_INITIAL_CLUSTER_TOKEN": p.secrets.etcd_token, "ETCD_ENABLE_V2": "false",
+                "ETCD_HEARTBEAT_INTERVAL": "500", "ETCD_ELECTION_TIMEOUT": "5000"}
 
 
 def test_patroni_three_members_synchronous(tmp_path: Path, pki: PkiFiles) -> None:
@@ -326,7 +327,7 @@ def test_keepalived_priorities_peers_and_vip(tmp_path: Path, pki: PkiFiles) -> N
                                 r"unicast_src_ip|advert_int) (\S+)$", instance, re.M))
         assert words == {"state": "BACKUP", "interface": "eth0", "virtual_router_id": "51",
                          "priority": str(150 - 10 * index), "unicast_src_ip": member.address,
-                         "advert_int": "1"}
+                         "advert_int": "2"}
         priorities.append(int(words["priority"]))
         assert "nopreempt" in instance.split()
         assert keepalived_block(text, "unicast_peer") == [m.address for m in p.members

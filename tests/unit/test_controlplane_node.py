@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -104,17 +105,28 @@ def test_who_holds_the_floating_ip() -> None:
 
 
 def test_the_control_plane_summary_names_the_floating_ips_holder() -> None:
-    def cp(name: str, ready: str, db: str, vip: str) -> dict:
+    now = 1_800_000_000.0
+
+    def cp(name: str, ready: str, db: str, vip: str, age: float = 5) -> dict:
         obj = node_object(node.vm_facts(name, "198.18.0.6"), "control-plane")
         obj["metadata"]["annotations"] = {node.DATABASE_ROLE: db, node.ETCD: "member",
                                           node.FLOATING_IP: vip}
-        obj["status"]["conditions"] = [{"type": "Ready", "status": ready}]
+        beat = datetime.fromtimestamp(now - age, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj["status"]["conditions"] = [{"type": "Ready", "status": ready,
+                                        "lastHeartbeatTime": beat}]
         return obj
 
     nodes = [cp("pacific-cp-2", "True", "replica", ""), node_object({"hostname": "h1"}),
              cp("pacific-cp-1", "False", "primary", "198.18.0.5")]
-    rows, holder = node.control_plane_summary(nodes)
+    rows, holder = node.control_plane_summary(nodes, now)
     assert [(r["name"], r["ready"], r["database"]) for r in rows] == [
         ("pacific-cp-1", "False", "primary"), ("pacific-cp-2", "True", "replica")]
     assert holder == "pacific-cp-1"
-    assert node.control_plane_summary([node_object({"hostname": "h1"})]) == ([], "")
+    assert node.control_plane_summary([node_object({"hostname": "h1"})], now) == ([], "")
+    # A VM that died: its last word (Ready, primary, holding the floating IP) is stale.
+    nodes = [cp("pacific-cp-1", "True", "primary", "198.18.0.5", age=120),
+             cp("pacific-cp-2", "True", "primary", "198.18.0.5")]
+    rows, holder = node.control_plane_summary(nodes, now)
+    assert holder == "pacific-cp-2"
+    assert (rows[0]["ready"], rows[0]["database"], rows[0]["floating_ip"]) == (
+        "Unknown", "unknown", "")

@@ -61,3 +61,43 @@ def test_workers_never_reconcile_one_object_at_once() -> None:
     for t in threads:
         t.join(2)
     assert not clashes and len(runs) >= 5
+
+
+class _Flaky:
+    """An API whose first read fails as a remote API's does while its floating IP moves."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def get(self, ref: object, namespace: str, name: str) -> dict:
+        self.reads += 1
+        if self.reads == 1:
+            raise ConnectionError("Connection aborted: RemoteDisconnected")
+        return {"metadata": {"namespace": namespace, "name": name}}
+
+
+def test_a_read_that_fails_in_transit_is_retried_not_fatal() -> None:
+    from appliance.controllers.base import Controller
+
+    seen: list[str] = []
+
+    class Recorder(Controller):
+        def reconcile(self, obj: dict) -> float | None:
+            seen.append(obj["metadata"]["name"])
+            return None
+
+    controller = Recorder(_Flaky())  # type: ignore[arg-type]
+    controller._process(KEY)  # the worker thread survives the error ...
+    stop = threading.Event()
+    started = time.monotonic()
+    assert controller.queue.get(stop, timeout=10) == KEY  # ... and the key comes back
+    assert 4.0 <= time.monotonic() - started < 10
+    controller._process(KEY)
+    assert seen == ["web"]
+
+
+def test_a_remote_watch_notices_a_silent_server_after_three_missed_bookmarks() -> None:
+    from appliance.api.app import KEEPALIVE_SECONDS
+    from appliance.resources import WATCH_IDLE_TIMEOUT
+
+    assert 3 * KEEPALIVE_SECONDS < WATCH_IDLE_TIMEOUT < 4 * KEEPALIVE_SECONDS
