@@ -293,7 +293,8 @@ class HostService:
         from appliance.clusters.stack import cluster_controllers
 
         controllers += cluster_controllers(LocalApi(sup.service), s.run_dir)
-        if s.network_enabled:
+        if s.network_enabled and s.role == "embedded":
+            # (In control-plane VMs the host's service runs them: they configure the host.)
             from appliance.network.config import NetworkConfig
             from appliance.network.controllers import NetworkStack
 

@@ -395,9 +395,26 @@ class MemberFile(NamedTuple):
     owner: str  # "user:group" as the image names them
 
 
+#: The host's settings a control-plane VM's supervisor must share, so that it schedules
+#: and admits as the host's lab does: whether namespaces get networks of their own, and
+#: the lab's address ranges (which guest clusters must avoid).
+SHARED_SETTINGS = ("network_enabled", "network_pool_cidr", "network_ingress_cidr",
+                   "network_cluster_ip_cidr")
+
+
+def shared_settings(settings: Any) -> dict[str, str]:
+    """``LAB_*`` values of ``SHARED_SETTINGS`` from the host's settings."""
+    def text(value: object) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return {f"LAB_{name.upper()}": text(getattr(settings, name)) for name in SHARED_SETTINGS}
+
+
 def render_member(plan: Plan, index: int, pki: PkiFiles, *,
+                  shared: dict[str, str] | None = None,
                   templates_dir: Path = PROJECT_ROOT / "templates") -> dict[str, MemberFile]:
-    """The files cloud-init writes on member ``index`` (0-based), by path."""
+    """The files cloud-init writes on member ``index`` (0-based), by path. ``shared``: the
+    host's ``shared_settings`` (none: namespace networks off)."""
     member = plan.member(index)
     env = _environment(templates_dir)
     context: dict[str, Any] = {
@@ -409,6 +426,7 @@ def render_member(plan: Plan, index: int, pki: PkiFiles, *,
         "post_bootstrap": POST_BOOTSTRAP, "lab_env": LAB_ENV, "lab_program": LAB_PROGRAM,
         "state_dir": STATE_DIR, "data_dir": PG_DATA_DIR, "bin_dir": PG_BIN_DIR,
         "socket_dir": PG_SOCKET_DIR, "pgpass": PGPASS,
+        "shared": shared if shared is not None else {"LAB_NETWORK_ENABLED": "false"},
         "ports": {"etcd_client": ETCD_CLIENT_PORT, "etcd_peer": ETCD_PEER_PORT,
                   "patroni": PATRONI_PORT, "postgres": POSTGRES_PORT},
         "users": {"superuser": SUPERUSER, "replication": REPLICATION_USER,
@@ -451,6 +469,7 @@ def pg_hba(plan: Plan) -> list[str]:
 
 
 def user_data(plan: Plan, index: int, pki: PkiFiles, ssh_public_key: str | None, *,
+              shared: dict[str, str] | None = None,
               templates_dir: Path = PROJECT_ROOT / "templates") -> str:
     """Member ``index``'s ``#cloud-config``: its host name, an SSH user (none when
     ``ssh_public_key`` is None: the VM Service adds its own access user), the files of
@@ -463,7 +482,7 @@ def user_data(plan: Plan, index: int, pki: PkiFiles, ssh_public_key: str | None,
         users = [{"name": SSH_USER, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/bash",
                   "lock_passwd": True, "ssh_authorized_keys": [key]}]
     member = plan.member(index)
-    files = render_member(plan, index, pki, templates_dir=templates_dir)
+    files = render_member(plan, index, pki, shared=shared, templates_dir=templates_dir)
     document: dict[str, Any] = {
         "hostname": member.name,
         "preserve_hostname": False,

@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from appliance import kubeconfig
 from appliance.auth import bootstrap, users
 from appliance.controlplane.config import APP_DATABASE, APP_USER, Plan, plan_for
-from appliance.controlplane.objects import CLASS_NAME, ROLE, ROLE_LABEL, SECRET_SUFFIX, declare
+from appliance.controlplane.objects import CLASS_NAME, SECRET_SUFFIX, declare
 from appliance.controlplane.placement import Placement
 from appliance.controllers.scheduler import SYSTEM_NAMESPACE
 from appliance.errors import ApiError
@@ -342,7 +342,3 @@ def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
         if time.monotonic() > deadline:
             raise MoveError(f"timed out waiting for {what}")
         time.sleep(3)
-
-
-def is_control_plane(obj: dict[str, Any]) -> bool:
-    return (obj.get("metadata", {}).get("labels") or {}).get(ROLE_LABEL) == ROLE

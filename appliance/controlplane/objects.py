@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.controllers.scheduler import SYSTEM_NAMESPACE
-from appliance.controlplane.config import PkiFiles, Plan, plan_for, user_data
+from appliance.controlplane.config import PkiFiles, Plan, plan_for, shared_settings, user_data
 from appliance.kinds.vmop import GROUP, STORAGE
 from appliance.objects import ObjectService, Target
 from appliance.pki import Pki, cert_covers, issue_server_cert
@@ -54,12 +54,14 @@ def vm_class(cpus: int = CLASS_CPUS) -> Obj:
                      "description": "The supervisor's control-plane VMs"}}
 
 
-def control_plane_objects(plan: Plan, pki: PkiFiles, cpus: int = CLASS_CPUS) -> list[Obj]:
-    """The class, then for each member its cloud-init Secret and its VirtualMachine."""
+def control_plane_objects(plan: Plan, pki: PkiFiles, cpus: int = CLASS_CPUS,
+                          shared: dict[str, str] | None = None) -> list[Obj]:
+    """The class, then for each member its cloud-init Secret and its VirtualMachine.
+    ``shared``: the host's settings the VMs' supervisors share (``shared_settings``)."""
     objects = [vm_class(cpus)]
     for index, member in enumerate(plan.members):
         secret = member.name + SECRET_SUFFIX
-        text = user_data(plan, index, pki, None)
+        text = user_data(plan, index, pki, None, shared=shared)
         objects.append({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": secret, "namespace": SYSTEM_NAMESPACE,
@@ -113,7 +115,8 @@ def declare(service: ObjectService, settings: Settings, n: int, pki: Pki) -> Pla
     from appliance.service import load_facts
 
     emulated = load_facts(settings).get("accelerator") != "kvm"
-    for obj in control_plane_objects(plan, files, CLASS_CPUS_TCG if emulated else CLASS_CPUS):
+    for obj in control_plane_objects(plan, files, CLASS_CPUS_TCG if emulated else CLASS_CPUS,
+                                     shared_settings(settings)):
         group, _, version = obj["apiVersion"].rpartition("/")
         kind = service.registry.by_kind(group, obj["kind"])
         assert kind is not None

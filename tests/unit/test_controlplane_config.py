@@ -21,7 +21,8 @@ from appliance.controlplane import config
 from appliance.controlplane.config import (KEEPALIVED_CONF, LAB_ENV, LAB_UNIT, PATRONI_CONFIG,
                                            POST_BOOTSTRAP, SERVICES, Member, PkiFiles, Plan,
                                            PlanError, Secrets, meta_data, network_config,
-                                           plan_for, render_member, user_data)
+                                           plan_for, render_member, shared_settings,
+                                           user_data)
 from appliance.controllers.scheduler import free_appliance_address
 from appliance.pki import ensure_pki
 from appliance.settings import load_settings
@@ -367,6 +368,13 @@ def test_the_supervisor_settings_and_unit(tmp_path: Path, pki: PkiFiles) -> None
     assert (settings.state_dir, settings.database_url, settings.public_host) == (
         Path("/var/lib/pacific-lab"), p.database_url(), "198.18.0.5")
     assert not settings.network_enabled and not settings.registry_enabled
+    # With the host's settings: namespace networks and the lab's ranges as on the host.
+    host = load_settings({"LAB_NETWORK_POOL_CIDR": "198.19.0.0/17"})
+    shared = render_member(p, 1, pki, shared=shared_settings(host))[LAB_ENV].content
+    vm = load_settings(env_file(shared))
+    assert vm.network_enabled and vm.role == "control-plane"
+    assert (vm.network_pool_cidr, vm.network_ingress_cidr, vm.network_cluster_ip_cidr) == (
+        "198.19.0.0/17", host.network_ingress_cidr, host.network_cluster_ip_cidr)
     service = unit(files[LAB_UNIT].content)
     assert service["Unit"]["After"].split() == ["network-online.target", "patroni.service"]
     assert service["Service"]["ExecStart"] == "/opt/pacific-lab/.venv/bin/lab serve"
