@@ -83,6 +83,11 @@ def _place_control_plane(s: Settings, wanted: int) -> None:
     except PlacementError as exc:
         raise click.ClickException(str(exc)) from exc
     if wanted == have:
+        if not wanted:  # what a move that did not finish declared
+            try:
+                move.remove_declared(s, lambda line: console.print(f"[green]✓[/] {line}"))
+            except move.MoveError as exc:
+                raise click.ClickException(str(exc)) from exc
         return
     if have and wanted:
         raise click.ClickException(

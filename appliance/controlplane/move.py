@@ -43,7 +43,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from appliance import kubeconfig
 from appliance.auth import bootstrap, users
-from appliance.controlplane.config import APP_DATABASE, APP_USER, Plan, plan_for
+from appliance.controlplane.config import (APP_DATABASE, APP_USER, SIZES, Plan, member_name,
+                                           plan_for)
 from appliance.controlplane.objects import CLASS_NAME, SECRET_SUFFIX, declare
 from appliance.controlplane.placement import Placement
 from appliance.controllers.scheduler import SYSTEM_NAMESPACE
@@ -96,15 +97,20 @@ def move_in(settings: Settings, n: int, *, stop: Callable[[], None], start: Call
         plan = declare(sup.service, settings, n, pki)
         say(f"declared {n} control-plane VM(s) in {SYSTEM_NAMESPACE} "
             f"({', '.join(m.name for m in plan.members)}; floating IP {plan.vip})")
-        for member in plan.members:
-            _wait(f"{member.name} to be Ready", lambda m=member: _vm_ready(sup.service, m.name),
-                  deadline)
-        say("the control-plane VMs are Ready")
+        try:
+            for member in plan.members:
+                _wait(f"{member.name} to be Ready",
+                      lambda m=member: _vm_ready(sup.service, m.name), deadline)
+            say("the control-plane VMs are Ready")
+            database = _host_database_url(plan)
+            _wait("the control plane's PostgreSQL primary",
+                  lambda: _database_answers(database), deadline)
+        except MoveError as exc:
+            raise MoveError(f"{exc}; the supervisor is still embedded and the control-plane "
+                            f"VMs stay declared: `lab up --control-plane-vms {n}` goes on "
+                            "waiting, `lab up --control-plane-vms 0` removes them") from None
     finally:
         sup.store.engine.dispose()
-    database = _host_database_url(plan)
-    _wait("the control plane's PostgreSQL primary", lambda: _database_answers(database),
-          deadline)
     say("their PostgreSQL primary answers")
     placement, admin_token = _issue_tokens(settings, plan)
     stop()
@@ -210,10 +216,26 @@ def move_out(settings: Settings, *, stop: Callable[[], None], start: Callable[[]
         "the host service; the control plane's database is read-only now")
     Placement.remove(settings.state_dir)
     start()
-    remove_control_plane(settings, plan, deadline, say)
+    remove_control_plane(settings, [m.name for m in plan.members], deadline, say)
 
 
-def remove_control_plane(settings: Settings, plan: Plan, deadline: float, say: Say) -> None:
+def remove_declared(settings: Settings, say: Say, timeout: float = TIMEOUT) -> None:
+    """An embedded lab's control-plane objects that a move which did not finish left
+    declared (``lab up --control-plane-vms 0`` on an embedded lab)."""
+    from appliance.service import Supervisor
+
+    sup = Supervisor.open(settings)
+    try:
+        names = [member_name(i) for i in range(max(SIZES)) if not _vm_gone(
+            sup.service, member_name(i))]
+    finally:
+        sup.store.engine.dispose()
+    if names:
+        remove_control_plane(settings, names, time.monotonic() + timeout, say)
+
+
+def remove_control_plane(settings: Settings, names: list[str], deadline: float,
+                         say: Say) -> None:
     """Delete the control plane's objects from the (embedded, running) store, and wait for
     the host's VM agent to remove the VMs."""
     from appliance.service import Supervisor
@@ -221,7 +243,6 @@ def remove_control_plane(settings: Settings, plan: Plan, deadline: float, say: S
     sup = Supervisor.open(settings)
     try:
         service = sup.service
-        names = [m.name for m in plan.members]
         for name in names:
             _delete(service, GROUP, "VirtualMachine", STORAGE, SYSTEM_NAMESPACE, name)
             _delete(service, "", "Secret", "v1", SYSTEM_NAMESPACE, name + SECRET_SUFFIX)
