@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,10 @@ ADMIN_TOKEN_TTL = 30 * 24 * 3600
 #: The Lease whose holder runs the controllers (namespace, name).
 LEADER_LEASE = ("kube-system", "pacific-lab-controllers")
 NODE_TOKEN_TTL = 365 * 24 * 3600
+#: In the host role: how often the floating IP is asked, and after how long without an
+#: answer the host starts the control-plane domains itself (_keep_control_plane_up).
+CONTROL_PLANE_CHECK = 15.0
+CONTROL_PLANE_GRACE = 180.0
 
 
 @dataclass
@@ -358,9 +363,50 @@ class HostService:
         if s.network_enabled:
             network = ApiClient(placement.api_url, placement.network_token, str(pki.ca_cert))
             self._thread(lambda stop: self._run_network_stack(network, stop), "network-stack")
+        self._thread(lambda stop: self._keep_control_plane_up(placement, pki, stop),
+                     "control-plane-watchdog")
         self.ready.set()
         LOG.info("host service ready in the host role: the supervisor is %d control-plane "
                  "VM(s) at %s", placement.vms, placement.api_url)
+
+    def _keep_control_plane_up(self, placement: Any, pki: Pki, stop: threading.Event) -> None:
+        """Start the control-plane VMs' domains when none of them can be asked to.
+
+        The VM agent starts a stopped VM, but it learns of the VM from the API, which the
+        control-plane VMs themselves serve: with all of them down at once (a host reboot,
+        say) nothing would ever start them again. So when the floating IP has not answered
+        for ``CONTROL_PLANE_GRACE`` seconds, this starts every control-plane domain of this
+        lab that is defined and shut off (with its disk, as the VM agent made it); once the
+        API answers, the VM agent is in charge again."""
+        from appliance.agent.vmnames import domain_name, vm_prefix
+        from appliance.controllers.scheduler import SYSTEM_NAMESPACE
+        from appliance.controlplane.config import member_name
+        from appliance.controlplane.move import readyz
+        from hypervisor.libvirt_driver import LibvirtDriver
+
+        prefix = vm_prefix(self.settings.state_dir)
+        names = [domain_name({"metadata": {"namespace": SYSTEM_NAMESPACE,
+                                           "name": member_name(i)}}, prefix)
+                 for i in range(placement.vms)]
+        answered = time.monotonic()
+        while not stop.wait(CONTROL_PLANE_CHECK):
+            if readyz(placement.api_url, pki.ca_cert):
+                answered = time.monotonic()
+                continue
+            if time.monotonic() - answered < CONTROL_PLANE_GRACE:
+                continue
+            driver = LibvirtDriver()
+            try:
+                started = start_stopped(driver, names)
+                if started:
+                    LOG.warning("the floating IP has not answered for %.0f s: started the "
+                                "control-plane domains %s", time.monotonic() - answered,
+                                ", ".join(started))
+            except (OSError, RuntimeError) as exc:
+                LOG.warning("could not start the control-plane domains: %s", exc)
+            finally:
+                driver.close()
+            answered = time.monotonic()  # give them time to boot before looking again
 
     def _run_network_stack(self, client: ApiClient, stop: threading.Event) -> None:
         from appliance.network.config import NetworkConfig
@@ -487,6 +533,17 @@ class HostService:
         self.shutdown()
         logging.shutdown()
         os._exit(0)  # worker threads blocked on idle keep-alive sockets must not hold us
+
+
+def start_stopped(driver: Any, names: list[str]) -> list[str]:
+    """Start those of the domains ``names`` that are defined and shut off; the started."""
+    started = []
+    for name in names:
+        seen = driver.observe(name)
+        if seen is not None and seen.state == "shutoff":
+            driver.ensure_power(name, "running")
+            started.append(name)
+    return started
 
 
 def host_facts(settings: Settings, host: str, addr: str) -> dict[str, Any]:

@@ -63,3 +63,30 @@ def test_a_store_holds_objects_only_once_something_is_in_it(tmp_path: Path) -> N
         assert holds_objects(engine)
     finally:
         engine.dispose()
+
+
+def test_the_host_starts_only_control_plane_domains_that_are_shut_off() -> None:
+    """With the floating IP silent, the host role starts the control-plane domains itself
+    (appliance.service.HostService._keep_control_plane_up); running, paused and undefined
+    ones are left alone."""
+    from types import SimpleNamespace
+
+    from appliance.service import start_stopped
+
+    class Driver:
+        def __init__(self) -> None:
+            self.states = {"cp-1": "shutoff", "cp-2": "running", "cp-3": "paused"}
+            self.started: list[str] = []
+
+        def observe(self, name: str) -> SimpleNamespace | None:
+            state = self.states.get(name)
+            return None if state is None else SimpleNamespace(state=state)
+
+        def ensure_power(self, name: str, state: str) -> bool:
+            assert state == "running"
+            self.started.append(name)
+            return True
+
+    driver = Driver()
+    assert start_stopped(driver, ["cp-1", "cp-2", "cp-3", "cp-4"]) == ["cp-1"]
+    assert driver.started == ["cp-1"]
