@@ -121,13 +121,18 @@ def failover(server: LabServer, api: LabApi, vms: int, index: int) -> float:
                    capture_output=True, timeout=60)
     lost = time.monotonic()
 
+    attempts = iter(range(1_000_000))
+
     def writes() -> bool:
+        # A new name each try: a create whose answer was lost in the failover may still
+        # have been committed, and its name would then be taken (409) for good.
+        name = f"failover-{index}-{next(attempts)}"
         try:
             with api.session() as s:
                 if s.get(api.url("/readyz"), timeout=3).status_code != 200:
                     return False
                 r = s.post(api.url(f"/api/v1/namespaces/{NAMESPACE}/configmaps"),
-                           json=configmap_body(f"failover-{index}", index), timeout=10)
+                           json=configmap_body(name, index), timeout=10)
                 return r.status_code == 201
         except requests.RequestException:
             return False
