@@ -86,10 +86,22 @@ def movable_lab() -> Iterator[LabServer]:
             print(f"removed domains left behind: {left}")
 
 
+def answered(kc: Kubectl, *args: str) -> str | None:
+    """kubectl through a floating IP that may be moving: its output, or None when the API
+    did not answer (a connection to a VM that just died can hang until kubectl's own
+    timeouts, which are longer than a failover)."""
+    try:
+        proc = kc.run("--request-timeout=10s", *args, check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def objects(kc: Kubectl, kind: str, namespace: str) -> dict[str, tuple[str, str]]:
-    items = json.loads(kc.run("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+    text = wait_for(f"the API to list {kind}", lambda: answered(
+        kc, "get", kind, "-n", namespace, "-o", "json"), 120, 2)
     return {i["metadata"]["name"]: (i["metadata"]["uid"], i["metadata"]["resourceVersion"])
-            for i in items}
+            for i in json.loads(text)["items"]}
 
 
 @pytest.mark.timeout(2400)  # the image, three emulated VMs, a loss and a return
@@ -127,10 +139,9 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
 
     # A VM's supervisor leads the controllers (once the host's Lease has expired).
     def leader() -> str | None:
-        proc = kc.run("get", "lease", "pacific-lab-controllers", "-n", NS, "-o",
-                      "jsonpath={.spec.holderIdentity}", check=False)
-        return proc.stdout if proc.returncode == 0 and proc.stdout.startswith(
-            tuple(VMS)) else None
+        found = answered(kc, "get", "lease", "pacific-lab-controllers", "-n", NS, "-o",
+                         "jsonpath={.spec.holderIdentity}")
+        return found if found and found.startswith(tuple(VMS)) else None
 
     wait_for("a control-plane VM to lead the controllers", leader, 180, 3)
 
@@ -148,8 +159,10 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     host_node = next(n for n in nodes if "node-role.kubernetes.io/host" in n["metadata"]["labels"])
 
     def heartbeat_after_move() -> bool:
-        n = json.loads(kc.run("get", "node", host_node["metadata"]["name"], "-o",
-                              "json").stdout)
+        found = answered(kc, "get", "node", host_node["metadata"]["name"], "-o", "json")
+        if found is None:
+            return False
+        n = json.loads(found)
         ready = next(c for c in n["status"]["conditions"] if c["type"] == "Ready")
         beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
         return ready["status"] == "True" and beat.timestamp() > moved_at
@@ -178,8 +191,7 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     manifest = tmp_path / "probe.yaml"
     manifest.write_text(yaml.safe_dump(probe))
     wait_for("a VM declared during the outage to be accepted",
-             lambda: kc.run("apply", "-f", str(manifest), check=False,
-                            timeout=30).returncode == 0, 600, 2)
+             lambda: answered(kc, "apply", "-f", str(manifest)) is not None, 600, 2)
     answered = time.monotonic() - lost
     print(f"floating IP answered and took a write {answered:.0f} s after the holder was lost")
     after = objects(kc, "configmaps", "moved")
@@ -192,8 +204,8 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     print(f"floating IP moved to {wait_for('the floating IP to move', new_holder, 300, 5)}")
 
     def probe_created() -> bool:
-        proc = kc.run("get", "vm", "outage-probe", "-n", NS, "-o", "json", check=False)
-        status = json.loads(proc.stdout).get("status", {}) if proc.returncode == 0 else {}
+        found = answered(kc, "get", "vm", "outage-probe", "-n", NS, "-o", "json")
+        status = json.loads(found).get("status", {}) if found else {}
         return status.get("powerState") == "PoweredOff" and any(
             c["type"] == "VirtualMachineConditionCreated" and c["status"] == "True"
             for c in status.get("conditions") or [])
