@@ -171,9 +171,11 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
 
     assert ssh(server, holder, "sudo ls /var/lib/pacific-lab/pki").split() == [
         "ca.crt", "server.crt", "server.key"]
-    wait_for("Patroni's leader and synchronous standby",
-             lambda: patroni_roles(server, holder) if {"Leader", "Sync Standby"} <= set(
-                 patroni_roles(server, holder).values()) else None, 300, 5)
+    def synchronous() -> dict[str, str] | None:
+        roles = patroni_roles(server, holder)
+        return roles if {"Leader", "Sync Standby"} <= set(roles.values()) else None
+
+    wait_for("Patroni's leader and synchronous standby", synchronous, 300, 5)
 
     # Writes acknowledged by the supervisors, then the floating IP's holder is lost.
     for i in range(20):
