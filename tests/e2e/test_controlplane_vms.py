@@ -194,8 +194,8 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     manifest.write_text(yaml.safe_dump(probe))
     wait_for("a VM declared during the outage to be accepted",
              lambda: answered(kc, "apply", "-f", str(manifest)) is not None, 600, 2)
-    answered = time.monotonic() - lost
-    print(f"floating IP answered and took a write {answered:.0f} s after the holder was lost")
+    outage = time.monotonic() - lost
+    print(f"floating IP answered and took a write {outage:.0f} s after the holder was lost")
     after = objects(kc, "configmaps", "moved")
     assert {k: v for k, v in after.items() if k in acknowledged} == acknowledged
 
