@@ -248,11 +248,19 @@ def virsh(*args: str) -> str:
 
 
 def ssh(server: LabServer, vm: str, command: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "appliance.cli", "ssh", "vm", f"{NS}/{vm}",
-                           "--kubeconfig", str(server.admin_kubeconfig), command],
-                          env=server.env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    """``lab ssh vm``; tried again for two minutes, because an emulated VM busy starting its
+    supervisor can drop an SSH handshake ("cannot connect: No existing session")."""
+    last: list[str] = []
+
+    def once() -> str | None:
+        proc = subprocess.run([sys.executable, "-m", "appliance.cli", "ssh", "vm",
+                               f"{NS}/{vm}", "--kubeconfig", str(server.admin_kubeconfig),
+                               command], env=server.env, capture_output=True, text=True,
+                              timeout=300)
+        last[:] = [proc.stdout + proc.stderr]
+        return proc.stdout if proc.returncode == 0 else None
+
+    return wait_for(f"ssh {vm} {command}", once, 120, 10, describe=lambda: last[0])
 
 
 def patroni_roles(server: LabServer, vm: str) -> dict[str, str]:
