@@ -140,15 +140,18 @@ def _issue_tokens(settings: Settings, plan: Plan) -> tuple[Placement, str]:
     import secrets
     import socket
 
+    from appliance.service import host_facts
     from appliance.store.repo import Store
 
     engine = make_engine(settings.effective_database_url)
     try:
         store = Store(engine)
-        host = settings.public_host or socket.gethostname()
+        # The host's Node name, as the host agent registers it (appliance.service.host_facts).
+        node_user = "system:node:" + str(host_facts(
+            settings, settings.public_host or socket.gethostname(), "")["hostname"])
         tokens = {}
         with store.write() as txn:
-            for name, groups in ((f"system:node:{_hostname(settings, host)}", [users.NODES]),
+            for name, groups in ((node_user, [users.NODES]),
                                  (NETWORK_USER, [users.MASTERS])):
                 if not users.user_exists(txn.session, name):
                     users.create_user(txn.session, name, secrets.token_urlsafe(24), groups)
@@ -157,17 +160,9 @@ def _issue_tokens(settings: Settings, plan: Plan) -> tuple[Placement, str]:
     finally:
         engine.dispose()
     placement = Placement(vms=plan.size, vip=plan.vip, api_port=plan.api_port,
-                          node_token=tokens[f"system:node:{_hostname(settings, host)}"],
+                          node_token=tokens[node_user],
                           network_token=tokens[NETWORK_USER])
     return placement, admin_token
-
-
-def _hostname(settings: Settings, default: str) -> str:
-    """The host's Node name, as the host agent registers it."""
-    from appliance.service import load_facts
-
-    facts = load_facts(settings) if settings.host_facts_path.exists() else {}
-    return str(facts.get("hostname") or default)
 
 
 def _move_sqlite_aside(settings: Settings) -> Path | None:
