@@ -69,6 +69,8 @@ def up(skip_host_prep: bool, timeout: int, control_plane_vms: str | None) -> Non
     _wait_ready(s, timeout)
     if control_plane_vms is not None:
         _place_control_plane(s, int(control_plane_vms))
+    else:
+        _roll_control_plane(s)
     _summary(s)
 
 
@@ -88,6 +90,7 @@ def _place_control_plane(s: Settings, wanted: int) -> None:
                 move.remove_declared(s, lambda line: console.print(f"[green]✓[/] {line}"))
             except move.MoveError as exc:
                 raise click.ClickException(str(exc)) from exc
+        _roll_control_plane(s)
         return
     if have and wanted:
         raise click.ClickException(
@@ -119,6 +122,24 @@ def _place_control_plane(s: Settings, wanted: int) -> None:
                 move.move_out(s, stop=stop, start=start, say=say)
     except (move.MoveError, PlanError, PlacementError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _roll_control_plane(s: Settings) -> None:
+    """When the supervisor runs in control-plane VMs: bring them to this checkout's code,
+    one VM at a time (``appliance.controlplane.upgrade``)."""
+    from appliance.controlplane import move, upgrade
+    from appliance.controlplane.config import PlanError
+    from appliance.controlplane.placement import PlacementError
+
+    try:
+        if not move.current_size(s):
+            return
+        with console.status("comparing the control-plane VMs' code with this checkout"):
+            rolled = upgrade.roll_lab(s, lambda line: console.print(f"[green]✓[/] {line}"))
+    except (move.MoveError, PlanError, PlacementError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not rolled:
+        console.print("[green]✓[/] the control-plane VMs run this checkout's code")
 
 
 def _prepare_host(s: Settings) -> None:

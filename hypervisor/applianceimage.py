@@ -15,7 +15,9 @@ The image is the Debian base image of ``hypervisor.images`` plus, through an
   (``ensure_wheelhouse``: ``pip wheel`` of the project's dependencies and
   its build backend, with this host's pip configuration and index) and are
   installed in the image with ``--no-index``: nothing inside the image
-  build reaches PyPI.
+  build reaches PyPI. ``CODE_STAMP`` records what the tree was made of (the
+  files' digest and the dependencies' key), so that a rolling upgrade
+  (``appliance.controlplane.upgrade``) knows which VMs run older code.
 
 Nothing in the image runs on its own and nothing in it is secret: Debian's
 ``main`` PostgreSQL cluster is dropped, the ``postgresql``, ``etcd``,
@@ -61,7 +63,7 @@ from hypervisor.proc import ProcessError, run
 LOG = logging.getLogger(__name__)
 
 # Bump when the recipe changes in a way its fingerprint cannot see.
-APPLIANCE_IMAGE_VERSION = 1
+APPLIANCE_IMAGE_VERSION = 2
 # Bump when the way the wheelhouse is built changes.
 WHEELHOUSE_VERSION = 1
 
@@ -71,6 +73,8 @@ IMAGE_PYTHON = (3, 11)  # bookworm's python3; the wheels must match it
 SIZE_GIB = 8
 INSTALL_DIR = "/opt/pacific-lab"
 VENV_DIR = f"{INSTALL_DIR}/.venv"
+#: What the installed tree was made of (``code_stamp``): a rolling upgrade compares it.
+CODE_STAMP = f"{INSTALL_DIR}/.pacific-lab-code.json"
 WHEELHOUSE_DIR = "/opt/.pacific-lab-wheelhouse"  # only while building
 WHEEL_TIMEOUT = 1800.0
 CHUNK = 1024 * 1024
@@ -187,6 +191,12 @@ def _walk_files(root: Path) -> list[str]:
 def files_digest(files: Sequence[SourceFile]) -> str:
     data = [[f.path, f.kind, f.mode, f.digest] for f in files]
     return hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()
+
+
+def code_stamp(project_root: Path, files: Sequence[SourceFile]) -> dict[str, str]:
+    """What an installed tree is made of: the digest of the project's files and the key of
+    its dependencies (``appliance.controlplane.upgrade`` rolls code, never dependencies)."""
+    return {"code": files_digest(files), "dependencies": wheelhouse_key(project_root)}
 
 
 # -- the wheelhouse -----------------------------------------------------------------------------
@@ -328,6 +338,9 @@ def _stage(root: Path, files: Sequence[SourceFile], wheelhouse: Path, wheels: di
             os.symlink(item.digest, dest)
         else:
             _copy_checked(root / item.path, dest, item.digest, item.mode, item.path)
+    stamp = tree / CODE_STAMP.lstrip("/")
+    stamp.write_text(json.dumps(code_stamp(root, files)))
+    stamp.chmod(0o644)
     for wheel, digest in wheels.items():
         _copy_checked(wheelhouse / wheel, wheel_dir / wheel, digest, 0o644, wheel)
     # sync-in copies the modes of directories too, "/" and "/opt" included
