@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from hypervisor import applianceimage
-from hypervisor.applianceimage import (APPLIANCE_PACKAGES, DISABLED_UNITS, INSTALL_DIR,
-                                       SourceFile, appliance_recipe, build_appliance_image,
-                                       project_files)
+from hypervisor.applianceimage import (APPLIANCE_PACKAGES, CODE_STAMP, DISABLED_UNITS,
+                                       INSTALL_DIR, SourceFile, appliance_recipe,
+                                       build_appliance_image, code_stamp, project_files)
 from hypervisor.images import BuiltImage, ImageError, ImageProgress, cache_key, sha256_file
 from hypervisor.proc import Completed, run
 
@@ -142,7 +142,10 @@ def test_the_project_is_installed_from_the_checkout(build: Build, root: Path) ->
     copied = sorted(str(p.relative_to(install)) for p in install.rglob("*")
                     if (p.is_file() or p.is_symlink())
                     and p.relative_to(install).parts[0] != ".venv")
-    assert copied == sorted(f.path for f in build.files)
+    stamp = Path(CODE_STAMP).name
+    assert copied == sorted([*(f.path for f in build.files), stamp])
+    # what the tree was made of, for a rolling upgrade (appliance.controlplane.upgrade)
+    assert json.loads((install / stamp).read_text()) == code_stamp(PROJECT_ROOT, build.files)
     for item in build.files:
         path = install / item.path
         if item.kind == "link":
