@@ -252,7 +252,7 @@ def _control_plane_status(s: Settings) -> None:
     rows, holder = control_plane_summary(nodes)
     for row in rows:
         out.print(f"  {row['name']}: Ready={row['ready']}  database {row['database']}  "
-                  f"etcd {row['etcd']}", markup=False)
+                  f"etcd {row['etcd']}  code {row['code']}", markup=False)
     out.print(f"floating IP {placement.vip} held by {holder or 'nobody'}")
 
 

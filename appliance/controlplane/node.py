@@ -8,11 +8,15 @@ an administrator asks of a control-plane VM:
 - ``pacific.lab/database-role``: this VM's PostgreSQL as Patroni reports it (``primary``,
   ``replica``, or ``unknown`` when Patroni does not answer);
 - ``pacific.lab/etcd``: ``member`` when etcd answers on this VM, else ``down``;
-- ``pacific.lab/floating-ip``: the floating IP when this VM holds it, else ``""``.
+- ``pacific.lab/floating-ip``: the floating IP when this VM holds it, else ``""``;
+- ``pacific.lab/code``: the first 12 hex digits of the code this supervisor process
+  started with (the install's stamp, ``hypervisor.applianceimage.CODE_STAMP``, read once
+  at start), so a rolling upgrade shows which VMs run which code.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -23,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.controlplane.config import ETCD_CLIENT_PORT, PATRONI_PORT
+from hypervisor.applianceimage import CODE_STAMP
 from hypervisor.hostfacts import memory_bytes
 
 DATABASE_ROLE = "pacific.lab/database-role"
 ETCD = "pacific.lab/etcd"
 FLOATING_IP = "pacific.lab/floating-ip"
+CODE = "pacific.lab/code"
 PROBE_TIMEOUT = 3.0
 
 
@@ -46,7 +52,17 @@ def vm_facts(hostname: str, address: str, meminfo: Path = Path("/proc/meminfo")
 
 def control_plane_annotations(floating_ip: str) -> dict[str, str]:
     return {DATABASE_ROLE: database_role(), ETCD: "member" if etcd_healthy() else "down",
-            FLOATING_IP: floating_ip if holds(floating_ip) else ""}
+            FLOATING_IP: floating_ip if holds(floating_ip) else "", CODE: running_code()}
+
+
+@functools.cache
+def running_code(stamp: Path = Path(CODE_STAMP)) -> str:
+    """The code this process started with: the stamp as it was at the first heartbeat
+    (a roll replaces the file and then restarts the process)."""
+    try:
+        return str(json.loads(stamp.read_text())["code"])[:12]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def database_role(port: int = PATRONI_PORT) -> str:
@@ -121,7 +137,8 @@ def control_plane_summary(nodes: list[dict[str, Any]], now: float | None = None
                      "database": str(notes.get(DATABASE_ROLE) or "unknown") if fresh
                      else "unknown",
                      "etcd": str(notes.get(ETCD) or "unknown") if fresh else "unknown",
-                     "floating_ip": str(notes.get(FLOATING_IP) or "") if fresh else ""})
+                     "floating_ip": str(notes.get(FLOATING_IP) or "") if fresh else "",
+                     "code": str(notes.get(CODE) or "unknown")})
         if fresh and notes.get(FLOATING_IP):
             holder = name
     return rows, holder

@@ -130,3 +130,21 @@ def test_the_control_plane_summary_names_the_floating_ips_holder() -> None:
     assert holder == "pacific-cp-2"
     assert (rows[0]["ready"], rows[0]["database"], rows[0]["floating_ip"]) == (
         "Unknown", "unknown", "")
+
+
+def test_the_code_a_supervisor_started_with(tmp_path: Path) -> None:
+    stamp = tmp_path / "stamp.json"
+    stamp.write_text('{"code": "0123456789abcdef0123", "dependencies": "d"}')
+    assert node.running_code(stamp) == "0123456789ab"
+    stamp.write_text('{"code": "ffffffffffffffff", "dependencies": "d"}')
+    assert node.running_code(stamp) == "0123456789ab"  # read once: the process's own code
+    assert node.running_code(tmp_path / "missing.json") == "unknown"
+    (tmp_path / "bad.json").write_text("{")
+    assert node.running_code(tmp_path / "bad.json") == "unknown"
+
+
+def test_the_summary_shows_each_vms_code() -> None:
+    obj = node_object(node.vm_facts("pacific-cp-1", "198.18.0.6"), "control-plane")
+    obj["metadata"]["annotations"] = {node.CODE: "0123456789ab"}
+    rows, _ = node.control_plane_summary([obj])
+    assert rows[0]["code"] == "0123456789ab"
