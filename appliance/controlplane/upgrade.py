@@ -60,6 +60,7 @@ READY_TIMEOUT = 600.0
 #: How long the floating IP may take to move off a VM whose keepalived stopped.
 HANDOVER_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 300.0
+SSH_FAILED = 255  # what ssh(1) exits with when the connection fails, and a Remote returns
 PREVIOUS = f"{INSTALL_DIR}.prev"
 NEXT = f"{INSTALL_DIR}.next"
 
@@ -189,7 +190,9 @@ def roll(members: Sequence[Member], root: Path, vip_ready: Callable[[], bool],
 
 
 def _stamp_of(member: Member) -> Stamp | None:
-    status, out, _ = member.run(f"cat {CODE_STAMP}")
+    status, out, err = member.run(f"cat {CODE_STAMP}")
+    if status == SSH_FAILED:
+        raise MoveError(f"cannot reach {member.name}: {err}")
     return Stamp.parse(out) if status == 0 else None
 
 
@@ -293,6 +296,6 @@ def _remote(address: str, user: str, key: str, known_hosts: Path) -> Remote:
             return ssh.run_command(address, user, key, command, COMMAND_TIMEOUT,
                                    known_hosts=known_hosts, stdin=stdin)
         except ssh.SshError as exc:
-            return 255, "", str(exc)
+            return SSH_FAILED, "", str(exc)
 
     return run

@@ -137,6 +137,15 @@ def test_a_vm_without_a_stamp_is_refused(checkout: Path) -> None:
         run_roll(vms, checkout)
 
 
+def test_a_vm_out_of_reach_is_named(checkout: Path) -> None:
+    vms = lab(checkout, older(checkout))
+    vms[0].run = lambda command, stdin=None: (255, "", "[198.18.0.6:22] cannot connect: "  # type: ignore[method-assign]
+                                              "timed out")
+    with pytest.raises(MoveError, match=r"cannot reach pacific-cp-1: \[198.18.0.6:22\] cannot "
+                                        "connect: timed out"):
+        run_roll(vms, checkout)
+
+
 def test_no_vm_rolls_while_another_is_down(checkout: Path) -> None:
     vms = lab(checkout, older(checkout), older(checkout), older(checkout), holder=2)
     vms[1].serving = False
