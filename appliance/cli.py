@@ -92,10 +92,6 @@ def _place_control_plane(s: Settings, wanted: int) -> None:
                 raise click.ClickException(str(exc)) from exc
         _roll_control_plane(s)
         return
-    if have and wanted:
-        raise click.ClickException(
-            f"the supervisor runs in {have} control-plane VM(s); going to {wanted} directly is "
-            "not supported yet: run `lab up --control-plane-vms 0` first")
 
     def say(line: str) -> None:
         console.print(f"[green]✓[/] {line}")
@@ -108,18 +104,25 @@ def _place_control_plane(s: Settings, wanted: int) -> None:
         _wait_ready(s, 300)
 
     try:
-        if wanted:
-            image = subprocess.run([sys.executable, "-m", "appliance.cli", "image", "build",
-                                    "pacific-appliance"], env={**os.environ}, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            if image.returncode != 0:
-                last = (image.stdout.strip().splitlines() or ["no output"])[-1]
-                raise click.ClickException(f"building the pacific-appliance image failed: {last}")
-            with console.status(f"moving the supervisor into {wanted} control-plane VM(s)"):
-                move.move_in(s, wanted, stop=stop, start=start, say=say)
-        else:
+        if not wanted:
             with console.status("moving the supervisor back into the host service"):
                 move.move_out(s, stop=stop, start=start, say=say)
+            return
+        image = subprocess.run([sys.executable, "-m", "appliance.cli", "image", "build",
+                                "pacific-appliance"], env={**os.environ}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if image.returncode != 0:
+            last = (image.stdout.strip().splitlines() or ["no output"])[-1]
+            raise click.ClickException(f"building the pacific-appliance image failed: {last}")
+        if have:
+            # etcd's and Patroni's clusters are formed for their size at first boot: another
+            # size is another control plane, so the store goes through the host service.
+            say(f"resizing from {have} to {wanted} control-plane VMs goes through the host "
+                "service: moving back first")
+            with console.status("moving the supervisor back into the host service"):
+                move.move_out(s, stop=stop, start=start, say=say)
+        with console.status(f"moving the supervisor into {wanted} control-plane VM(s)"):
+            move.move_in(s, wanted, stop=stop, start=start, say=say)
     except (move.MoveError, PlanError, PlacementError) as exc:
         raise click.ClickException(str(exc)) from exc
 
