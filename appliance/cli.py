@@ -253,10 +253,24 @@ def _control_plane_status(s: Settings) -> None:
         out.print(f"  cannot list the control-plane Nodes: {exc}", markup=False)
         return
     rows, holder = control_plane_summary(nodes)
+    here = _checkout_code(s)
     for row in rows:
+        behind = "" if row["code"] in (here, "unknown") or not here else \
+            " (behind this checkout: `lab up` rolls it)"
         out.print(f"  {row['name']}: Ready={row['ready']}  database {row['database']}  "
-                  f"etcd {row['etcd']}  code {row['code']}", markup=False)
+                  f"etcd {row['etcd']}  code {row['code']}{behind}", markup=False)
     out.print(f"floating IP {placement.vip} held by {holder or 'nobody'}")
+
+
+def _checkout_code(s: Settings) -> str:
+    """This checkout's code as a control-plane Node reports it (``pacific.lab/code``)."""
+    from hypervisor.applianceimage import files_digest, project_files
+    from hypervisor.images import ImageError
+
+    try:
+        return files_digest(project_files(s.project_root))[:12]
+    except (ImageError, OSError):
+        return ""
 
 
 def _running(s: Settings) -> bool:
