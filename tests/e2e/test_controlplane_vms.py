@@ -196,7 +196,9 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     writes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "ConfigMap", "data": {"i": str(i)},
          "metadata": {"name": f"ack-{i}", "namespace": "moved"}} for i in range(20)]}))
-    kc.run("create", "-f", str(writes))  # one request per object, each acknowledged
+    # One request per object, each acknowledged; a commit waits for the synchronous
+    # standby, a few seconds each under TCG.
+    kc.run("create", "-f", str(writes), timeout=600)
     acknowledged = objects(kc, "configmaps", "moved")
     dom = domain_name({"metadata": {"namespace": NS, "name": holder}},
                       vm_prefix(server.state_dir))
