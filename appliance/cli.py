@@ -42,7 +42,29 @@ def _logfile(s: Settings) -> Path:
     return s.log_dir / "host-service.log"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LabGroup(click.Group):
+    """Commands whose API did not answer end with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except requests.RequestException as exc:
+            raise click.ClickException(unreachable(exc)) from exc
+
+
+def unreachable(exc: requests.RequestException) -> str:
+    from urllib.parse import urlsplit
+
+    url = getattr(exc.request, "url", None) or ""
+    where = f" at {urlsplit(url).netloc}" if url else ""
+    if isinstance(exc, requests.Timeout):
+        return f"the API{where} did not answer in time; is the supervisor up? (`lab status`)"
+    if isinstance(exc, requests.ConnectionError):
+        return f"cannot connect to the API{where}; is the supervisor up? (`lab status`)"
+    return f"talking to the API{where} failed: {type(exc).__name__}"
+
+
+@click.group(cls=LabGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug output.")
 def main(verbose: bool) -> None:
     """Pacific Lab: vSphere with Tanzu on one Linux host."""
