@@ -18,6 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 LOG = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: (pool_size, max_overflow) against PostgreSQL: 30 connections per process at most.
+POSTGRES_POOL = (10, 20)
+POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                       "keepalives_count": 3}
 
 
 def make_engine(url: str) -> Engine:
@@ -28,7 +32,12 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_size=16, max_overflow=64, pool_pre_ping=True)
+    # A PostgreSQL server is shared (three control-plane supervisors, the host): each
+    # process keeps at most POSTGRES_POOL connections, and TCP keepalives make a
+    # connection to a server that vanished (a VM destroyed) fail in about 25 s instead of
+    # hanging until TCP's own timeout.
+    return create_engine(url, pool_size=POSTGRES_POOL[0], max_overflow=POSTGRES_POOL[1],
+                         pool_pre_ping=True, connect_args=POSTGRES_KEEPALIVES)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -273,7 +273,7 @@ def test_patroni_three_members_synchronous(tmp_path: Path, pki: PkiFiles) -> Non
         assert dcs["postgresql"]["parameters"] == {
             "wal_level": "replica", "hot_standby": "on", "synchronous_commit": "on",
             "max_wal_senders": 10, "max_replication_slots": 10,
-            "password_encryption": "scram-sha-256"}
+            "password_encryption": "scram-sha-256", "max_connections": 150}
         assert doc["bootstrap"]["post_bootstrap"] == POST_BOOTSTRAP
         assert "users" not in doc["bootstrap"]
         pg = doc["postgresql"]
@@ -284,7 +284,10 @@ def test_patroni_three_members_synchronous(tmp_path: Path, pki: PkiFiles) -> Non
             "superuser": {"username": "postgres", "password": s.postgres_password},
             "replication": {"username": "replicator", "password": s.replication_password},
             "rewind": {"username": "postgres", "password": s.postgres_password}}
-        assert pg["parameters"] == {"unix_socket_directories": "/var/run/postgresql"}
+        # a dead VM's connections are dropped within about 25 s
+        assert pg["parameters"] == {"unix_socket_directories": "/var/run/postgresql",
+                                    "tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5,
+                                    "tcp_keepalives_count": 3}
         assert pg["basebackup"] == {"checkpoint": "fast"}
         assert pg["pg_hba"] == doc["bootstrap"]["pg_hba"]
         hba = [line.split() for line in pg["pg_hba"]]

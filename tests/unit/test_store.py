@@ -637,3 +637,29 @@ def test_object_watch_misses_nothing_under_concurrent_writes(
     assert not consumer.is_alive()
     assert len(seen) == total, f"the watch delivered {len(seen)} of {total} ADDED events"
     assert len(set(seen)) == total
+
+
+def test_a_postgresql_engine_shares_the_server_and_notices_a_dead_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three supervisors share a control plane's PostgreSQL: each keeps at most 30
+    connections, with TCP keepalives (a destroyed VM's server fails them in ~25 s)."""
+    from appliance.store.db import make_engine
+
+    engine = make_engine("postgresql://pacific:secret@198.18.0.6,198.18.0.7/pacific")
+    asked: dict[str, object] = {}
+
+    def connect(*args: object, **kwargs: object) -> None:
+        asked.update(kwargs)
+        raise OSError("not connecting in a unit test")
+
+    monkeypatch.setattr(engine.dialect, "connect", connect)
+    try:
+        assert engine.pool.size() == 10 and engine.pool._max_overflow == 20  # type: ignore[attr-defined]
+        with pytest.raises(Exception, match="not connecting"):
+            engine.connect()
+        assert {k: asked.get(k) for k in ("keepalives", "keepalives_idle",
+                                          "keepalives_interval", "keepalives_count")} == {
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3}
+    finally:
+        engine.dispose()
