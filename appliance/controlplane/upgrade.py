@@ -60,6 +60,7 @@ READY_TIMEOUT = 600.0
 #: How long the floating IP may take to move off a VM whose keepalived stopped.
 HANDOVER_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 300.0
+CONNECT_RETRY = 120.0  # seconds to keep trying a connection that fails before its command
 SSH_FAILED = 255  # what ssh(1) exits with when the connection fails, and a Remote returns
 PREVIOUS = f"{INSTALL_DIR}.prev"
 NEXT = f"{INSTALL_DIR}.next"
@@ -288,14 +289,25 @@ def roll_lab(settings: Settings, say: Say) -> list[str]:
                 member_ready, say, vip=placement.vip)
 
 
-def _remote(address: str, user: str, key: str, known_hosts: Path) -> Remote:
+def _remote(address: str, user: str, key: str, known_hosts: Path,
+            connect_for: float = CONNECT_RETRY) -> Remote:
+    """``run`` over SSH. A connection that fails before the command starts (an emulated VM
+    busy starting a service drops handshakes: "No existing session") is tried again for
+    ``connect_for`` seconds; a command that started is never run twice."""
     from hypervisor import ssh
 
     def run(command: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-        try:
-            return ssh.run_command(address, user, key, command, COMMAND_TIMEOUT,
-                                   known_hosts=known_hosts, stdin=stdin)
-        except ssh.SshError as exc:
-            return SSH_FAILED, "", str(exc)
+        deadline = time.monotonic() + connect_for
+        while True:
+            try:
+                return ssh.run_command(address, user, key, command, COMMAND_TIMEOUT,
+                                       known_hosts=known_hosts, stdin=stdin)
+            except ssh.HostKeyMismatch as exc:
+                return SSH_FAILED, "", str(exc)
+            except ssh.SshError as exc:
+                if "cannot connect" not in str(exc) or time.monotonic() > deadline:
+                    return SSH_FAILED, "", str(exc)
+                LOG.info("%s; trying again", exc)
+                time.sleep(5)
 
     return run

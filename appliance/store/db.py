@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 LOG = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-#: (pool_size, max_overflow) against PostgreSQL: 30 connections per process at most.
-POSTGRES_POOL = (10, 20)
+#: (pool_size, max_overflow) against PostgreSQL: 50 connections per process at most.
+POSTGRES_POOL = (10, 40)
 POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                        "keepalives_count": 3}
 

@@ -273,7 +273,7 @@ def test_patroni_three_members_synchronous(tmp_path: Path, pki: PkiFiles) -> Non
         assert dcs["postgresql"]["parameters"] == {
             "wal_level": "replica", "hot_standby": "on", "synchronous_commit": "on",
             "max_wal_senders": 10, "max_replication_slots": 10,
-            "password_encryption": "scram-sha-256", "max_connections": 150}
+            "password_encryption": "scram-sha-256", "max_connections": 200}
         assert doc["bootstrap"]["post_bootstrap"] == POST_BOOTSTRAP
         assert "users" not in doc["bootstrap"]
         pg = doc["postgresql"]

@@ -237,3 +237,33 @@ def test_a_failed_swap_puts_the_old_tree_back_and_starts_the_supervisor(
     assert rc != 0
     assert calls == ["stop pacific-lab.service", "start pacific-lab.service"]
     assert (tree / "appliance" / "__init__.py").read_text() == "VERSION = 1\n"
+
+
+def test_a_dropped_handshake_is_tried_again_but_a_started_command_is_not(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from appliance.controlplane import upgrade
+    from hypervisor import ssh
+
+    calls: list[str] = []
+    answers: list[Exception | tuple[int, str, str]] = [
+        ssh.SshError("[198.18.0.6:22] cannot connect: No existing session"),
+        (0, "ok", ""),
+        ssh.SshError("[198.18.0.6:22] command failed: Socket is closed"),
+        ssh.HostKeyMismatch("[198.18.0.6:22] cannot connect: host key changed"),
+    ]
+
+    def run_command(host: str, user: str, key: str, command: str, timeout: float,
+                    **kwargs: object) -> tuple[int, str, str]:
+        calls.append(command)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(ssh, "run_command", run_command)
+    monkeypatch.setattr(upgrade.time, "sleep", lambda s: None)
+    run = upgrade._remote("198.18.0.6", "pacific", "key", tmp_path / "known", connect_for=60)
+    assert run("true") == (0, "ok", "")  # the handshake dropped once, then it ran
+    assert run("install") == (255, "", "[198.18.0.6:22] command failed: Socket is closed")
+    assert run("true")[0] == 255  # a changed host key is not a transient failure
+    assert calls == ["true", "true", "install", "true"]

@@ -641,7 +641,7 @@ def test_object_watch_misses_nothing_under_concurrent_writes(
 
 def test_a_postgresql_engine_shares_the_server_and_notices_a_dead_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three supervisors share a control plane's PostgreSQL: each keeps at most 30
+    """Three supervisors share a control plane's PostgreSQL: each keeps at most 50
     connections, with TCP keepalives (a destroyed VM's server fails them in ~25 s)."""
     from appliance.store.db import make_engine
 
@@ -654,7 +654,7 @@ def test_a_postgresql_engine_shares_the_server_and_notices_a_dead_one(
 
     monkeypatch.setattr(engine.dialect, "connect", connect)
     try:
-        assert engine.pool.size() == 10 and engine.pool._max_overflow == 20  # type: ignore[attr-defined]
+        assert engine.pool.size() == 10 and engine.pool._max_overflow == 40  # type: ignore[attr-defined]
         with pytest.raises(Exception, match="not connecting"):
             engine.connect()
         assert {k: asked.get(k) for k in ("keepalives", "keepalives_idle",
