@@ -198,8 +198,14 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
          "metadata": {"name": f"ack-{i}", "namespace": "moved"}} for i in range(20)]}))
     # One request per object, each acknowledged; a commit waits for the synchronous
     # standby, a few seconds each under TCG.
-    kc.run("create", "-f", str(writes), timeout=600)
-    acknowledged = objects(kc, "configmaps", "moved")
+    # A request whose connection is reset (the floating IP's holder under TCG load) is not
+    # acknowledged; what kubectl reports created is, and only that must survive.
+    created = kc.run("create", "-f", str(writes), timeout=600, check=False).stdout
+    names = {line.split()[0].split("/")[-1] for line in created.splitlines()
+             if line.endswith(" created")}
+    assert len(names) >= 10, created
+    acknowledged = {k: v for k, v in objects(kc, "configmaps", "moved").items()
+                    if not k.startswith("ack-") or k in names}
     dom = domain_name({"metadata": {"namespace": NS, "name": holder}},
                       vm_prefix(server.state_dir))
     virsh("destroy", dom)
