@@ -353,8 +353,11 @@ def _delete(service: ObjectService, group: str, kind: str, version: str, namespa
             raise
 
 
-def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
+def wait_until(what: str, check: Callable[[], bool], deadline: float, poll: float = 3.0) -> None:
     while not check():
         if time.monotonic() > deadline:
             raise MoveError(f"timed out waiting for {what}")
-        time.sleep(3)
+        time.sleep(poll)
+
+
+_wait = wait_until

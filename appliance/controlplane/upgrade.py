@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Protocol
 
 from appliance.controlplane.config import plan_for
-from appliance.controlplane.move import MoveError, Say, readyz
+from appliance.controlplane.move import MoveError, Say, readyz, wait_until
 from appliance.controlplane.objects import ROLE, ROLE_LABEL
 from appliance.controlplane.placement import Placement
 from appliance.controllers.scheduler import SSH_KEY_SECRET_SUFFIX, SYSTEM_NAMESPACE
@@ -232,11 +232,7 @@ def _quote(text: str) -> str:
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, poll: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise MoveError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
+    wait_until(what, check, time.monotonic() + timeout, poll)
 
 
 # -- the lab's control plane ----------------------------------------------------------------
