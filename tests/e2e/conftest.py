@@ -33,5 +33,15 @@ def vmlab(vmnet: NetworkLab) -> LabServer:
     return vmnet.server
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """Each phase's report on the test item (``item.rep_call``), so that a fixture can
+    gather more evidence when the test itself failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 def kubeconfig_for(server: LabServer, tmp: Path, namespace: str) -> Path:
     return server.kubeconfig(tmp / f"{namespace}.kubeconfig", server.admin_token(), namespace)
