@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1147,42 +1148,78 @@ def test(pytest_args: tuple[str, ...], skip_deps: bool) -> None:
     sys.exit(_run_suite(s.project_root))
 
 
-#: The tiers that need no VM run beside the end-to-end tier, which leaves a core idle for
-#: much of its time (waiting for emulated VMs, networks and daemons). Their own processes
-#: start at a lower priority, so that they take the idle time and not the VMs' time.
-SIDE_TIERS = ("tests/unit", "tests/api")
-E2E_TIER = "tests/e2e"
-SIDE_NICENESS = 10
+@dataclass(frozen=True)
+class Tier:
+    """One pytest run of the suite: what it is called, its paths and its marker filter."""
+
+    name: str
+    paths: tuple[str, ...]
+    markers: str = ""
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "pytest", *self.paths,
+                *(["-m", self.markers] if self.markers else [])]
+
+
+#: How ``lab test`` runs the whole suite. Emulated VMs leave a core idle for much of the
+#: time (waiting for boots, networks and daemons), so the tiers in a phase run side by
+#: side, each in its own pytest process, told its place (``LAB_TEST_STREAM=i/n``) so
+#: that it takes address ranges no other tier of the phase takes. The tests marked
+#: ``alone`` (failover timing: floating IPs and synchronous replicas under emulation) run
+#: last, with nothing beside them. Unmarked end-to-end tests land in the first e2e tier,
+#: so no test is left out.
+SUITE: tuple[tuple[Tier, ...], ...] = (
+    (Tier("end-to-end tier (VMs, networks, pods, dashboard)", ("tests/e2e",),
+          "not alone and not long"),
+     Tier("end-to-end tier (guest clusters, Vagrant)", ("tests/e2e",), "long and not alone"),
+     Tier("unit and API tiers", ("tests/unit", "tests/api"))),
+    (Tier("end-to-end tier (control plane, alone)", ("tests/e2e",), "alone"),),
+)
 
 
 def _run_suite(root: Path) -> int:
-    """The whole suite: the end-to-end tier in the foreground, the unit and API tiers beside
-    it (their output kept in ``test-artifacts/side-tiers.log`` and printed after the
-    end-to-end tier's). Non-zero when either fails."""
+    """Every phase of :data:`SUITE` in turn. In a phase the first tier prints as it runs;
+    the others write to ``test-artifacts/<n>.log``, printed once the phase is over.
+    Non-zero when any tier fails; every phase runs regardless."""
     artifacts = root / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    side_log = artifacts / "side-tiers.log"
-    side_cmd = [sys.executable, "-m", "pytest", *SIDE_TIERS]
-    e2e_cmd = [sys.executable, "-m", "pytest", E2E_TIER]
-    console.print(f"running: {' '.join(side_cmd[1:])} (beside, output in {side_log})")
-    console.print(f"running: {' '.join(e2e_cmd[1:])}")
-    with side_log.open("wb") as out:
-        side = subprocess.Popen(side_cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL,
-                                preexec_fn=lambda: os.nice(SIDE_NICENESS))
+    results: list[tuple[str, int]] = []
+    number = 0
+    for phase in SUITE:
+        beside: list[tuple[Tier, subprocess.Popen[bytes], Path]] = []
+        first, others = phase[0], phase[1:]
         try:
-            e2e_rc = subprocess.call(e2e_cmd, cwd=root)
-            side_rc = side.wait()
+            for index, tier in enumerate(others, start=1):
+                number += 1
+                log = artifacts / f"tier-{number}.log"
+                console.print(f"running: {' '.join(tier.argv()[1:])} (beside; output in "
+                              f"{log.relative_to(root)})")
+                with log.open("wb") as out:
+                    beside.append((tier, subprocess.Popen(
+                        tier.argv(), cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env={**os.environ, "LAB_TEST_STREAM": f"{index}/{len(phase)}"}),
+                        log))
+            console.print(f"running: {' '.join(first.argv()[1:])}")
+            rc = subprocess.call(first.argv(), cwd=root,
+                                 env={**os.environ, "LAB_TEST_STREAM": f"0/{len(phase)}"})
+            results.append((first.name, rc))
+            for tier, proc, log in beside:
+                results.append((tier.name, proc.wait()))
+                sys.stdout.write(f"\n===== {tier.name} ({log.relative_to(root)}) =====\n")
+                sys.stdout.write(log.read_text(errors="replace"))
+                sys.stdout.flush()
         finally:
-            if side.poll() is None:
-                side.terminate()
-                side.wait(30)
-    sys.stdout.write(side_log.read_text(errors="replace"))
-    sys.stdout.flush()
-    for tier, rc in (("unit and API tiers", side_rc), ("end-to-end tier", e2e_rc)):
-        console.print(f"{'[green]✓[/]' if rc == 0 else '[red]✗[/]'} {tier}: "
-                      f"{'passed' if rc == 0 else f'failed (pytest exit {rc})'}")
-    return e2e_rc or side_rc
+            for _, proc, _ in beside:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(60)
+    for name, rc in results:
+        # pytest exits 5 when a marker filter selects nothing: not a failure of the suite.
+        ok = rc in (0, 5)
+        console.print(f"{'[green]✓[/]' if ok else '[red]✗[/]'} {name}: "
+                      f"{'passed' if ok else f'failed (pytest exit {rc})'}")
+    return next((rc for _, rc in results if rc not in (0, 5)), 0)
 
 
 if __name__ == "__main__":

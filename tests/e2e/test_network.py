@@ -45,6 +45,7 @@ from appliance.store.db import make_engine, migrate
 from appliance.store.repo import Store
 from hypervisor import ovs
 from hypervisor.proc import run
+from tests.support.server import address_offset
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -275,7 +276,7 @@ def _make_uplink(lab: Lab) -> None:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     tag = "x" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
+    octet = address_offset()
     base = Path(tempfile.mkdtemp(prefix=f"pacific-net-{tag}-", dir="/var/tmp"))
     base.chmod(0o711)  # dnsmasq drops to nobody and re-reads its hosts files
     scripts = base / "scripts"

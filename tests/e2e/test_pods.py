@@ -34,7 +34,7 @@ from tests.e2e.conftest import kubeconfig_for
 from tests.support.kubectl import Kubectl
 from tests.support.ociimages import push_arm64_only, push_busybox, push_python3
 from tests.support.registry import LocalRegistry, free_port
-from tests.support.server import LabServer
+from tests.support.server import LabServer, address_offset
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +89,7 @@ def pod(name: str, image: str, command: list[str], **spec: Any) -> dict[str, Any
 @pytest.fixture(scope="module")
 def podlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodLab]:
     tag = "p" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
+    octet = address_offset()
     base = Path(tempfile.mkdtemp(prefix=f"pacific-pods-{tag}-", dir="/var/tmp"))
     base.chmod(0o711)
     registry = LocalRegistry().start()

@@ -26,6 +26,21 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def address_offset(count: int = 16) -> int:
+    """A random offset in ``0 .. count-1`` for a test's address ranges (198.18.X.0/24 and
+    the like). When ``lab test`` runs tiers side by side it tells each its place
+    (``LAB_TEST_STREAM=i/n``), and each takes its own slice of the offsets."""
+    import random
+
+    index, _, streams = os.environ.get("LAB_TEST_STREAM", "0/1").partition("/")
+    try:
+        i, n = int(index), max(1, int(streams))
+    except ValueError:
+        i, n = 0, 1
+    width = max(1, count // n)
+    return (i % n) * width + random.randrange(width)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,7 +233,7 @@ def network_lab(prefix: str, extra_env: dict[str, str] | None = None,
     from appliance.settings import load_settings
 
     tag = prefix[0] + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
-    octet = random.randrange(0, 16)
+    octet = address_offset()
     base = Path(tempfile.mkdtemp(prefix=f"pacific-{prefix}-{tag}-", dir="/var/tmp"))
     base.chmod(0o711)  # QEMU (libvirt-qemu) must reach the disks below
     env = {"LAB_NETWORK_ENABLED": "true", "LAB_NETWORK_TAG": tag,
