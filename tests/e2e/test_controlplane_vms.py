@@ -108,7 +108,8 @@ def print_vm_logs(server: LabServer) -> None:
     """Each control-plane VM's supervisor journal, kernel messages and load, as far as
     SSH still reaches it."""
     command = ("uptime; free -m; sudo journalctl -u pacific-lab --no-pager -n 80 -o "
-               "short-precise; sudo journalctl -k --no-pager -n 20; sudo -u postgres "
+               "short-precise; sudo journalctl -u keepalived --no-pager -n 30 -o short-precise; "
+               "sudo journalctl -k --no-pager -n 20; sudo -u postgres "
                "patronictl -c /etc/patroni/config.yml list")
     for vm in VMS:
         try:
