@@ -32,7 +32,7 @@ from tests.support.kubectl import Kubectl
 from tests.support.server import LabServer, network_lab
 from tests.support.wait import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.long]
+pytestmark = pytest.mark.e2e
 
 KUBECTL = Path("/usr/bin/kubectl")
 CLUSTER = "c2"

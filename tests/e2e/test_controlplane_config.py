@@ -54,7 +54,7 @@ from hypervisor.applianceimage import VENV_DIR
 from hypervisor.proc import Completed, ProcessError, run
 from tests.e2e.test_appliance_image import build, root  # noqa: F401 - fixtures: the image, mounted
 
-pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+pytestmark = pytest.mark.e2e
 
 CIDR = "198.18.0.0/24"
 PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"

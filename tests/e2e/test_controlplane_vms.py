@@ -52,7 +52,7 @@ from tests.support.kubectl import Kubectl
 from tests.support.server import ROOT, LabServer
 from tests.support.wait import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+pytestmark = pytest.mark.e2e
 
 KUBECTL = Path("/usr/bin/kubectl")
 NS = "kube-system"
