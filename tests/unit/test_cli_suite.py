@@ -1,0 +1,71 @@
+"""How ``lab test`` runs the whole suite: the tiers of a phase side by side, the output
+of those beside printed afterwards, a failure in any tier failing the run; and the
+address slices that keep tiers side by side out of each other's ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance import cli
+from tests.support.server import address_offset
+
+PASSING = "def test_passes():\n    assert True\n"
+FAILING = "def test_fails():\n    assert False, 'this tier fails'\n"
+STREAM = ("import os\n\ndef test_stream():\n"
+          "    print('stream', os.environ['LAB_TEST_STREAM'], os.nice(0))\n")
+
+
+def _project(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -s\n")
+    return tmp_path
+
+
+def test_every_tier_runs_and_a_failing_one_fails_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    root = _project(tmp_path, {"test_a.py": PASSING, "test_b.py": FAILING})
+    monkeypatch.setattr(cli, "SUITE", (
+        (cli.Tier("first", ("test_a.py",)), cli.Tier("beside", ("test_b.py",), niceness=5)),
+    ))
+
+    rc = cli._run_suite(root)
+
+    assert rc == 1
+    out = capfd.readouterr().out
+    # The tier beside prints after the first one, under its name, from its log.
+    assert "===== beside (test-artifacts/tier-1.log) =====" in out
+    assert "this tier fails" in out
+    assert "this tier fails" in (root / "test-artifacts" / "tier-1.log").read_text()
+
+
+def test_each_tier_knows_its_place_and_the_one_beside_runs_nicer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    root = _project(tmp_path, {"test_s.py": STREAM})
+    monkeypatch.setattr(cli, "SUITE", (
+        (cli.Tier("first", ("test_s.py",)), cli.Tier("beside", ("test_s.py",), niceness=7)),
+    ))
+    import os
+
+    base = os.nice(0)
+
+    assert cli._run_suite(root) == 0
+    out = capfd.readouterr().out
+    assert f"stream 0/2 {base}" in out
+    assert f"stream 1/2 {base + 7}" in out
+
+
+@pytest.mark.parametrize(("stream", "allowed"), [
+    ("0/1", range(16)), ("", range(16)), ("0/2", range(8)), ("1/2", range(8, 16)),
+    ("2/3", range(10, 15)), ("nonsense", range(16))])
+def test_address_offsets_stay_in_the_tier_s_slice(monkeypatch: pytest.MonkeyPatch,
+                                                   stream: str, allowed: range) -> None:
+    if stream:
+        monkeypatch.setenv("LAB_TEST_STREAM", stream)
+    else:
+        monkeypatch.delenv("LAB_TEST_STREAM", raising=False)
+    assert {address_offset() for _ in range(200)} <= set(allowed)
