@@ -16,7 +16,12 @@ One run, on this host, with a lab of its own (a temporary state directory, run b
    holds the floating IP and time until the API on the floating IP answers
    ``/readyz`` and then takes a write (a ConfigMap create): p50 and max. Before the
    next kill it waits for the lost VM to be back (the host's VM agent starts it);
-4. ``--control-plane-vms 0`` and ``lab down``; the state directory is removed.
+4. **roll**: ``lab up`` run from a clone of this checkout one commit ahead (what a
+   ``git pull`` brings) rolls that code through the VMs, one at a time and the floating
+   IP's holder last, while a thread asks the floating IP's ``/readyz`` every second:
+   the roll's time, the probes answered and the longest silence. Every VM's supervisor
+   must then report the new code (the Node annotation ``pacific.lab/code``);
+5. ``--control-plane-vms 0`` and ``lab down``; the state directory is removed.
 
 Ratios are HA / embedded, measured in the same run. Everything stays on this host:
 loopback and the appliance network's bridge.
@@ -29,11 +34,14 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ import yaml  # noqa: E402
 
 from appliance.agent.vmnames import domain_name, vm_prefix  # noqa: E402
 from appliance.controlplane.node import control_plane_summary  # noqa: E402
+from hypervisor.applianceimage import code_stamp, project_files  # noqa: E402
 from benchmarks.api import (  # noqa: E402
     NAMESPACE,
     Api,
@@ -73,9 +82,11 @@ class LabApi(Api):
         return self.server_url + path
 
 
-def lab(server: LabServer, *args: str, timeout: float = 1800) -> str:
-    proc = subprocess.run([sys.executable, "-m", "appliance.cli", *args], env=server.env,
-                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+def lab(server: LabServer, *args: str, timeout: float = 1800, checkout: Path = ROOT) -> str:
+    """``lab ARGS`` as run from ``checkout`` (its code, its files)."""
+    proc = subprocess.run([sys.executable, "-m", "appliance.cli", *args],
+                          env={**server.env, "PYTHONPATH": str(checkout)},
+                          capture_output=True, text=True, cwd=checkout, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"lab {' '.join(args)}: {proc.stderr}{proc.stdout}")
     return proc.stdout
@@ -143,6 +154,87 @@ def failover(server: LabServer, api: LabApi, vms: int, index: int) -> float:
     return seconds
 
 
+def newer_checkout(path: Path) -> Path:
+    """This checkout cloned, one commit ahead: what a `git pull` brings."""
+    git = ["git", "-c", f"safe.directory={ROOT}", "-c", "user.name=bench",
+           "-c", "user.email=bench@pacific.lab"]
+    subprocess.run([*git, "clone", "--quiet", str(ROOT), str(path)], check=True, timeout=120)
+    with (path / "appliance" / "__init__.py").open("a") as fh:
+        fh.write("# rolled through the control-plane VMs by benchmarks/control_plane.py\n")
+    subprocess.run([*git, "-C", str(path), "commit", "--quiet", "-am", "a newer release"],
+                   check=True, timeout=60)
+    return path
+
+
+class Availability:
+    """A URL (the floating IP's ``/readyz``) asked every second in a thread."""
+
+    def __init__(self, url: str, ca: Path) -> None:
+        self.url, self.context = url, ssl.create_default_context(cafile=str(ca))
+        self.probes = self.answered = 0
+        self.silences: list[float] = []
+        self._silent_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _ok(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, context=self.context, timeout=5) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            now, ok = time.monotonic(), self._ok()
+            self.probes += 1
+            if ok:
+                self.answered += 1
+                if self._silent_since is not None:
+                    self.silences.append(now - self._silent_since)
+                    self._silent_since = None
+            elif self._silent_since is None:
+                self._silent_since = now
+
+    def __enter__(self) -> Availability:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self._silent_since is not None:
+            self.silences.append(time.monotonic() - self._silent_since)
+
+
+def roll(server: LabServer, api: LabApi, vms: int, work: Path) -> dict[str, Any]:
+    """``lab up`` from a newer checkout, with the floating IP watched throughout."""
+    holder = wait("a healthy control plane", lambda: health(api, vms), 1200, 5)
+    newer = newer_checkout(work / "newer")
+    code = code_stamp(newer, project_files(newer))["code"][:12]
+    note(f"rolling {code} through the control-plane VMs ({holder} holds the floating IP)")
+    with Availability(api.url("/readyz"), Path(server.ca_file)) as probe:
+        started = time.monotonic()
+        out = lab(server, "up", "--skip-host-prep", checkout=newer)
+        seconds = time.monotonic() - started
+    rolled = [line.split()[0] for line in out.splitlines() if " runs the new code (" in line]
+
+    def reports_new_code() -> bool:
+        with api.session() as s:
+            try:
+                nodes = s.get(api.url("/api/v1/nodes"), timeout=10).json().get("items") or []
+            except (requests.RequestException, ValueError):
+                return False
+        found = [n["metadata"].get("annotations", {}).get("pacific.lab/code") for n in nodes
+                 if "node-role.kubernetes.io/control-plane" in n["metadata"].get("labels", {})]
+        return len(found) == vms and all(c == code for c in found)
+
+    wait("every supervisor to report the new code", reports_new_code, 300, 5)
+    return {"seconds": round(seconds, 1), "order": rolled, "holder_before": holder,
+            "readyz_probes": probe.probes, "readyz_answered": probe.answered,
+            "longest_silence_seconds": round(max(probe.silences, default=0.0), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=5)
@@ -184,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                         max(emb["creates_per_second"], 1e-9), 3),
             "watch_median_ms": round((ha["watch"]["median_ms"] or 0) /
                                      max(emb["watch"]["median_ms"] or 1e-9, 1e-9), 2)}
+        if args.vms > 1:
+            result["roll"] = roll(server, api, args.vms, base)
         note("moving back")
         wait("a healthy control plane", lambda: health(api, args.vms), 1200, 5)
         lab(server, "up", "--skip-host-prep", "--control-plane-vms", "0")

@@ -9,7 +9,9 @@ the new code through the VMs **one at a time**, so that the others keep serving 
 on the floating IP:
 
 1. before each VM, every other control-plane VM must answer ``/readyz`` on its own
-   address (a roll never takes down the last supervisor standing);
+   address (a roll never takes down the last supervisor standing); a VM that does not
+   answer is asked again for ``OTHERS_TIMEOUT`` (an emulated VM busy with a resync can
+   miss one 5-s probe) before the roll refuses;
 2. the VM that holds the floating IP goes last, and its keepalived is stopped first, so
    the floating IP moves to a VM already running the new code before its supervisor
    stops (keepalived starts again afterwards; ``nopreempt`` keeps it a backup);
@@ -57,6 +59,8 @@ UNIT = "pacific-lab.service"
 KEEPALIVED = "keepalived.service"
 #: The supervisor's start under TCG: Python's imports and the store's first queries.
 READY_TIMEOUT = 600.0
+#: How long the other VMs may take to answer ``/readyz`` before a VM is rolled.
+OTHERS_TIMEOUT = 120.0
 #: How long the floating IP may take to move off a VM whose keepalived stopped.
 HANDOVER_TIMEOUT = 120.0
 COMMAND_TIMEOUT = 300.0
@@ -138,7 +142,7 @@ def archive(root: Path, files: Sequence[SourceFile], stamp: dict[str, str]) -> b
 def roll(members: Sequence[Member], root: Path, vip_ready: Callable[[], bool],
          member_ready: Callable[[Member], bool], say: Say, *,
          ready_timeout: float = READY_TIMEOUT, handover_timeout: float = HANDOVER_TIMEOUT,
-         vip: str, poll: float = 3.0) -> list[str]:
+         others_timeout: float = OTHERS_TIMEOUT, vip: str, poll: float = 3.0) -> list[str]:
     """Bring every member to the code of the checkout ``root``, one at a time; returns the
     names of the members rolled (none when all run it already)."""
     files = project_files(root)
@@ -164,8 +168,8 @@ def roll(members: Sequence[Member], root: Path, vip_ready: Callable[[], bool],
     payload = archive(root, files, code_stamp(root, files))
     rolled = []
     for member in sorted(behind, key=lambda m: (m.name in holders, m.name)):
-        others = [m for m in members if m is not member]
-        silent = [m.name for m in others if not member_ready(m)]
+        silent = _silent([m for m in members if m is not member], member_ready,
+                         others_timeout, poll)
         if silent:
             raise MoveError(
                 f"not rolling {member.name}: {', '.join(silent)} does not answer /readyz, and "
@@ -188,6 +192,17 @@ def roll(members: Sequence[Member], root: Path, vip_ready: Callable[[], bool],
         say(f"{member.name} runs the new code ({wanted.code[:12]}; "
             f"{time.monotonic() - started:.0f} s)")
     return rolled
+
+
+def _silent(others: Sequence[Member], member_ready: Callable[[Member], bool], timeout: float,
+            poll: float) -> list[str]:
+    """The names of the ``others`` that still do not answer ``/readyz`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    silent = [m for m in others if not member_ready(m)]
+    while silent and time.monotonic() < deadline:
+        time.sleep(poll)
+        silent = [m for m in silent if not member_ready(m)]
+    return [m.name for m in silent]
 
 
 def _stamp_of(member: Member) -> Stamp | None:

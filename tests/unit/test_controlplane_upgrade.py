@@ -96,7 +96,7 @@ def run_roll(vms: list[FakeVm], checkout: Path, said: list[str] | None = None) -
 
     log = said if said is not None else []
     return roll([vm.member() for vm in vms], checkout, lambda: True, ready, log.append, vip=VIP,
-                poll=0, ready_timeout=1, handover_timeout=1)
+                poll=0, ready_timeout=1, handover_timeout=1, others_timeout=0.05)
 
 
 def test_vms_that_run_the_checkout_are_left_alone(checkout: Path) -> None:
@@ -153,6 +153,21 @@ def test_no_vm_rolls_while_another_is_down(checkout: Path) -> None:
                                         r"answer /readyz.*rolled so far: none"):
         run_roll(vms, checkout)
     assert all(vm.installed is None for vm in vms)
+
+
+def test_a_vm_that_answers_again_soon_does_not_stop_the_roll(checkout: Path) -> None:
+    vms = lab(checkout, older(checkout), current(checkout), holder=1)
+    asked = []
+
+    def ready(member: Member) -> bool:
+        asked.append(member.name)
+        return len(asked) > 2  # pacific-cp-2 misses two probes, then answers
+
+    said: list[str] = []
+    rolled = roll([vm.member() for vm in vms], checkout, lambda: True, ready, said.append,
+                  vip=VIP, poll=0, ready_timeout=1, handover_timeout=1, others_timeout=5)
+    assert rolled == ["pacific-cp-1"]
+    assert asked[:3] == ["pacific-cp-2"] * 3
 
 
 def test_a_failed_install_stops_the_roll_and_gives_the_holder_its_keepalived_back(
