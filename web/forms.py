@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 
 import yaml
 
+from appliance.api.bodies import load_bounded_yaml
 from appliance.errors import ApiError
 from appliance.kinds.vmop import cloud_config_problem
 from appliance.util.names import dns1123_label, dns1123_subdomain
@@ -264,7 +265,7 @@ def cloud_config_form_problem(text: str) -> str | None:
         return ("Scripts are not supported here; write a #cloud-config (use runcmd for "
                 "commands).")
     try:
-        parsed = yaml.safe_load(text)
+        parsed = load_bounded_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" on line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -290,7 +291,7 @@ def with_header(text: str) -> str:
 
 def user_data(cloud_config: str, login: str, ssh_key: str) -> str:
     """The VM's user-data: the cloud-config, plus ``login`` with ``ssh_key`` if given."""
-    config = yaml.safe_load(cloud_config) if cloud_config.strip() else {}
+    config = load_bounded_yaml(cloud_config) if cloud_config.strip() else {}
     config = dict(config or {})
     if ssh_key:
         key = ssh_key.strip()

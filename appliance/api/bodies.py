@@ -1,4 +1,4 @@
-"""Reading request bodies: size caps, JSON and YAML with nesting and alias limits."""
+"""Reading request bodies: size caps, JSON and YAML with nesting and alias-expansion limits."""
 
 from __future__ import annotations
 
@@ -10,20 +10,23 @@ import yaml
 from appliance import errors
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors/aliases (billion-laughs) and deep nesting."""
+#: What YAML's anchors and aliases may expand a document to, in nodes (kube-apiserver
+#: accepts aliases too and only bounds their expansion). A document without aliases is
+#: bounded by the body's size alone.
+MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 64
 
-    max_depth = 64
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that bounds nesting while composing and, once a document is composed,
+    what its aliases expand it to (nodes and depth), before anything is constructed: a
+    billion-laughs body is refused after reading its few hundred bytes."""
+
+    max_depth = MAX_DEPTH
+    max_nodes = MAX_EXPANDED_NODES
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases are not allowed",
-                                              event.start_mark)
         event = self.peek_event()
-        if getattr(event, "anchor", None):
-            raise yaml.composer.ComposerError(None, None, "YAML anchors are not allowed",
-                                              event.start_mark)
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > self.max_depth:
@@ -34,10 +37,68 @@ class _NoAliasLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_document(self):  # type: ignore[no-untyped-def]
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node, self.max_nodes, self.max_depth)
+        return node
+
+
+def _check_expansion(root: yaml.Node, max_nodes: int, max_depth: int) -> None:
+    """Refuse a composed document whose aliases make it larger than ``max_nodes`` nodes
+    (and larger than it is written), deeper than ``max_depth``, or recursive. Each distinct
+    node is measured once, so this is linear in the document as written."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in measured:
+            return measured[key]
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(None, None, "a YAML alias refers to a node "
+                                              "that contains it", node.start_mark)
+        if level > max_depth:
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases nest it more than {max_depth} levels",
+                node.start_mark)
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            measured[key] = (1, 1)
+            return measured[key]
+        open_nodes.add(key)
+        size, depth = 1, 1
+        for child in children:
+            child_size, child_depth = measure(child, level + 1)
+            size, depth = size + child_size, max(depth, child_depth + 1)
+            if level + depth > max_depth + 1:
+                raise yaml.composer.ComposerError(
+                    None, None, f"YAML aliases nest it more than {max_depth} levels",
+                    node.start_mark)
+            if size > max_nodes and size > len(measured) + len(open_nodes):
+                raise yaml.composer.ComposerError(
+                    None, None, f"YAML aliases expand it to more than {max_nodes} nodes",
+                    node.start_mark)
+        open_nodes.discard(key)
+        measured[key] = (size, depth)
+        return measured[key]
+
+    measure(root, 1)
+
+
+def load_bounded_yaml(text: str) -> Any:
+    """One YAML document, with nesting and alias expansion bounded (``yaml.YAMLError``
+    otherwise): for any text a user gave."""
+    return yaml.load(text, Loader=_BoundedLoader)
+
 
 def parse_yaml(text: str) -> Any:
+    """A request body's YAML; a Status 400 when it cannot be used."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)
+        return load_bounded_yaml(text)
     except yaml.YAMLError as exc:
         raise errors.bad_request(f"error converting YAML to JSON: {exc}") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -53,15 +54,35 @@ def test_malformed_yaml(admin_api: Api) -> None:
 
 def test_yaml_alias_bomb_and_deep_nesting(admin_api: Api) -> None:
     before = _names(admin_api)
-    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
-    _status(admin_api.call("POST", CMS, data=bomb.encode(),
-                           headers={"Content-Type": "application/yaml"}), 400, "BadRequest")
+    bomb = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\nlol:\n"
+            "  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" +
+            "".join(f"  {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n"
+                    for a, b in zip("abcdefgh", "bcdefghi", strict=True)))
+    started = time.monotonic()
+    r = admin_api.call("POST", CMS, data=bomb.encode(),
+                       headers={"Content-Type": "application/yaml"})
+    assert time.monotonic() - started < 1.0
+    assert "aliases expand it to more than 100000 nodes" in _status(
+        r, 400, "BadRequest")["message"]
     deep: dict = {"leaf": "x"}
     for _ in range(200):
         deep = {"d": deep}
     body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "deep"}, "extra": deep}
     _status(admin_api.call("POST", CMS, json=body), 400, "BadRequest")
     assert _names(admin_api) == before
+
+
+def test_yaml_with_anchors_and_aliases_is_accepted(admin_api: Api) -> None:
+    manifest = ("apiVersion: v1\nkind: ConfigMap\n"
+                "metadata: {name: anchored, labels: &labels {app: web, tier: front}}\n"
+                "data: {copy: &v shared, again: *v}\n")
+    r = admin_api.call("POST", CMS, data=manifest.encode(),
+                       headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["metadata"]["labels"] == {"app": "web", "tier": "front"}
+    assert created["data"] == {"copy": "shared", "again": "shared"}
+    admin_api.call("DELETE", f"{CMS}/anchored")
 
 
 def test_unknown_kind(admin_api: Api) -> None:

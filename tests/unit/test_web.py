@@ -416,6 +416,12 @@ def test_limits_form_refuses_bad_input_and_keeps_the_old_limits(lab: Any) -> Non
     ({"cloud_config": "#cloud-config\n- just\n- a list\n"}, "cloud_config", "mapping"),
     ({"cloud_config": "#!/bin/sh\necho hi\n"}, "cloud_config", "Scripts are not supported"),
     ({"cloud_config": "#cloud-config\nusers: alice\n"}, "cloud_config", "must be a list"),
+    ({"cloud_config": "#cloud-config\nx: " + "[" * 5000 + "]" * 5000 + "\n"}, "cloud_config",
+     "nested more than 64 levels"),
+    ({"cloud_config": "#cloud-config\na: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcde", "bcdef",
+                                                                     strict=True))},
+     "cloud_config", "aliases expand it to more than 100000 nodes"),
     ({"login": "Root User"}, "login", "Linux user name"),
     ({"class_name": ""}, "class_name", "Choose a VM class"),
 ])
