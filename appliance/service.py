@@ -49,6 +49,9 @@ ADMIN_TOKEN_TTL = 30 * 24 * 3600
 #: The Lease whose holder runs the controllers (namespace, name).
 LEADER_LEASE = ("kube-system", "pacific-lab-controllers")
 NODE_TOKEN_TTL = 365 * 24 * 3600
+#: The listen backlog of the API and the dashboard: a burst of a thousand clients waits in
+#: the kernel's queue for a thread, not in SYN retries (cheroot's default is 5).
+LISTEN_BACKLOG = 1024
 #: In the host role: how often the floating IP is asked, and after how long without an
 #: answer the host starts the control-plane domains itself (_keep_control_plane_up).
 CONTROL_PLANE_CHECK = 15.0
@@ -250,7 +253,7 @@ class HostService:
         for address in addresses:
             server = wsgi.Server((address, port), app, numthreads=max(32, 96 // len(addresses)),
                                  server_name=f"pacific-lab-{name}", timeout=60,
-                                 shutdown_timeout=2)
+                                 shutdown_timeout=2, request_queue_size=LISTEN_BACKLOG)
             server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),
                                                    str(self.pki.server_key))
             try:

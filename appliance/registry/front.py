@@ -218,7 +218,7 @@ class RegistryFront:
 class _TlsServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 128
+    request_queue_size = 1024  # a burst of clients waits in the queue, not in SYN retries
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  context: ssl.SSLContext) -> None:
