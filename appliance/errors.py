@@ -82,6 +82,11 @@ def unauthorized(message: str = "Unauthorized") -> ApiError:
     return ApiError(401, "Unauthorized", message)
 
 
+def too_many_requests(message: str, retry_after: int) -> ApiError:
+    return ApiError(429, "TooManyRequests", message, {"retryAfterSeconds": retry_after},
+                    {"Retry-After": str(retry_after)})
+
+
 def forbidden(message: str, resource: str = "", group: str = "", name: str = "") -> ApiError:
     details: dict[str, Any] = {}
     if resource:

@@ -16,7 +16,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from appliance import kubeconfig
 from appliance.agent.agent import HostAgent
 from appliance.api.app import ApiApp
 from appliance.auth import bootstrap, users
+from appliance.auth.throttle import LoginThrottle
 from appliance.client import ApiClient
 from appliance.controllers.base import Controller
 from appliance.controllers.namespace import NamespaceController
@@ -65,6 +66,8 @@ class Supervisor:
     settings: Settings
     store: Store
     service: ObjectService
+    #: Password guesses, counted for the API's /login and the dashboard's form together.
+    logins: LoginThrottle = field(default_factory=LoginThrottle)
 
     @classmethod
     def open(cls, settings: Settings) -> Supervisor:
@@ -162,7 +165,8 @@ class HostService:
                      logs={("vmoperator.vmware.com", "virtualmachines", "console"):
                            self._console_log},
                      streams={("", "pods", "log"): PodLogs(s.pods_dir).read},
-                     registry_info=self._registry_info if s.registry_enabled else None)
+                     registry_info=self._registry_info if s.registry_enabled else None,
+                     logins=sup.logins)
         self.api = api
         self._serve(api, s.api_port, "api")
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")

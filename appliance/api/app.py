@@ -22,6 +22,7 @@ from werkzeug.wrappers import Request, Response
 from appliance import errors
 from appliance.api import discovery, openapi, openapi_v2
 from appliance.api.bodies import parse_body, read_limited
+from appliance.auth.throttle import LoginThrottle
 from appliance.api.reviews import access_review, rules_review
 from appliance.api.table import to_table
 from appliance.auth import users
@@ -77,9 +78,11 @@ class ApiApp:
                  ca_pem: bytes = b"",
                  logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None,
                  streams: dict[tuple[str, str, str], LogStream] | None = None,
-                 registry_info: Callable[[], dict[str, str]] | None = None
-                 ) -> None:
+                 registry_info: Callable[[], dict[str, str]] | None = None,
+                 logins: LoginThrottle | None = None) -> None:
         self.ca_pem = ca_pem
+        # Password guesses per (user, source), shared with the dashboard's login form.
+        self.logins = logins or LoginThrottle()
         # Where the lab registry is (`lab registry url`), for any signed-in user.
         self.registry_info = registry_info
         # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
@@ -415,12 +418,20 @@ class ApiApp:
             name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
         except (ValueError, UnicodeDecodeError) as exc:
             raise errors.unauthorized("malformed basic authentication header") from exc
+        source = request.remote_addr or ""
+        wait = self.logins.retry_after(name, source)
+        if wait is not None:
+            raise errors.too_many_requests(
+                f"too many failed logins for {name[:64]!r} from {source}; try again in {wait} s",
+                wait)
         with self.store.write() as txn:
             user = users.authenticate(txn.session, name, password)
             if user is None:
-                LOG.info("failed login for %r from %s", name, request.remote_addr)
+                LOG.info("failed login for %r from %s", name[:64], source)
+                self.logins.failed(name, source)
                 raise errors.unauthorized("invalid user name or password")
             token, expires = users.issue_token(txn.session, user.name, self.token_ttl)
+        self.logins.succeeded(name, source)
         namespaces = self.visible_namespaces(user)
         LOG.info("user %s logged in from %s", user.name, request.remote_addr)
         return _json({"kind": "LoginResponse", "apiVersion": "pacific.lab/v1", "user": user.name,

@@ -4,6 +4,7 @@ refuse bad input with nothing stored, and the administrator's namespace flow."""
 
 from __future__ import annotations
 
+import logging
 import base64
 import html as html_lib
 import re
@@ -195,6 +196,35 @@ def test_login_and_logout(lab: Any) -> None:
     out = b.post("/logout")
     assert out.status_code == 302
     assert b.get("/").status_code == 302
+
+
+def test_password_guessing_is_throttled_per_user_and_source(
+        lab: Any, caplog: pytest.LogCaptureFixture) -> None:
+    _, app, password = lab
+    guesser = Browser(app)
+    guesser.get("/login")
+    with caplog.at_level(logging.INFO):
+        for _ in range(10):
+            wrong = guesser.post("/login", {"username": "admin", "password": "guess"},
+                                 environ_base={"REMOTE_ADDR": "192.0.2.66"})
+            assert wrong.status_code == 401
+    assert "failed login for 'admin' from 192.0.2.66" in caplog.text
+    # Locked: even the right password is not checked from there.
+    locked = guesser.post("/login", {"username": "admin", "password": password},
+                          environ_base={"REMOTE_ADDR": "192.0.2.66"})
+    assert locked.status_code == 429
+    assert locked.headers["Retry-After"] == "30"
+    assert "Too many failed logins" in text(locked) and "30 seconds" in text(locked)
+    assert guesser.get("/", environ_base={"REMOTE_ADDR": "192.0.2.66"}).status_code == 302
+    # The administrator elsewhere, and another user from the guesser's address, log in.
+    admin = Browser(app)
+    admin.get("/login")
+    assert admin.post("/login", {"username": "admin", "password": password},
+                      environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 302
+    alice = Browser(app)
+    alice.get("/login")
+    assert alice.post("/login", {"username": "alice", "password": PASSWORDS["alice"]},
+                      environ_base={"REMOTE_ADDR": "192.0.2.66"}).status_code == 302
 
 
 def test_login_goes_back_only_to_this_site(lab: Any) -> None:

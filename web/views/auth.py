@@ -33,14 +33,23 @@ def login() -> str | Response | tuple[str, int]:
         form.add("password", "Enter your password.")
     if form.errors:
         return render_template("login.html", form=form), 400
+    logins, source = lab().supervisor.logins, request.remote_addr or ""
+    wait = logins.retry_after(name, source)
+    if wait is not None:
+        form.message = (f"Too many failed logins for this user from your address. "
+                        f"Try again in {wait} seconds.")
+        return Response(render_template("login.html", form=form), 429,
+                        {"Retry-After": str(wait)})
     with lab().store.read() as txn:
         info = users.authenticate(txn.session, name, password)
         row = txn.session.get(User, name) if info is not None else None
         password_hash = row.password_hash if row is not None else ""
     if info is None:
-        LOG.info("dashboard: failed login for %r from %s", name[:63], request.remote_addr)
+        LOG.info("dashboard: failed login for %r from %s", name[:63], source)
+        logins.failed(name, source)
         form.message = "The user name or password is not right."
         return render_template("login.html", form=form), 401
+    logins.succeeded(name, source)
     start_session(info, password_hash)
     LOG.info("dashboard: %s logged in from %s", info.name, request.remote_addr)
     return redirect(safe_next(form.get("next")))
