@@ -421,6 +421,33 @@ def logs(follow: bool, lines: int) -> None:
         pass
 
 
+@main.command()
+@click.option("--user", "user_name", default="", help="Only requests by this user.")
+@click.option("--namespace", "-n", default="", help="Only requests on objects in NAMESPACE.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new requests.")
+@click.option("--json", "as_json", is_flag=True, help="The Events as JSON lines.")
+def audit(user_name: str, namespace: str, follow: bool, as_json: bool) -> None:
+    """Who did what: the audit log of the API, the dashboard and the CLI (time, user,
+    source address, client, verb, object, answer's code)."""
+    import itertools
+    import json as json_module
+
+    from appliance import audit as audit_log
+
+    log_dir = _settings().log_dir
+    lines: Any = itertools.chain.from_iterable(
+        p.open(errors="replace") for p in audit_log.files(log_dir))
+    if follow:
+        lines = itertools.chain(lines, audit_log.follow(log_dir / audit_log.FILE_NAME))
+    try:
+        for event in audit_log.events(lines):
+            if audit_log.matches(event, user_name, namespace):
+                text = json_module.dumps(event) if as_json else audit_log.describe(event)
+                out.print(text, markup=False, highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        pass
+
+
 # -- access ------------------------------------------------------------------------------------
 
 
@@ -525,10 +552,48 @@ def _open_supervisor() -> Any:
     return Supervisor.open(_settings())
 
 
+def _audited(verb: str, resource: str, group: str = "", *, name: str = "name",
+             namespace: str = "") -> Any:
+    """Write an audit Event (``appliance.audit``) for a CLI command that changes the lab
+    without going through the API: who ran it (the Unix user; ``sudo``'s caller), the
+    object from its arguments, and 200/201, or the refusal's code."""
+    import functools
+    import pwd
+
+    from appliance import audit
+
+    def wrap(command: Any) -> Any:
+        @functools.wraps(command)
+        def run(**params: Any) -> Any:
+            code = 201 if verb == "create" else 200
+            try:
+                return command(**params)
+            except click.ClickException as exc:
+                cause = exc.__cause__
+                code = cause.code if isinstance(cause, errors.ApiError) else 400
+                raise
+            except BaseException:
+                code = 500
+                raise
+            finally:
+                words = " ".join(str(params[k]) for k in (namespace, name) if k and params[k])
+                record = audit.Request(f"lab {command.__name__.replace('_', ' ')} {words}",
+                                       "", "", "lab-cli", client="cli", verb=verb,
+                                       resource=resource, api_group=group)
+                record.user = "unix:" + (os.environ.get("SUDO_USER") or
+                                         pwd.getpwuid(os.getuid()).pw_name)
+                record.name = str(params.get(name) or "")
+                record.namespace = str(params.get(namespace) or "") if namespace else ""
+                audit.AuditLog(_settings().log_dir).write(record.event(code))
+        return run
+    return wrap
+
+
 @user.command("add")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True)
 @click.option("--admin", is_flag=True, help="Make the user a supervisor administrator.")
+@_audited("create", "users", "pacific.lab")
 def user_add(name: str, password_stdin: bool, admin: bool) -> None:
     from appliance.auth import users
 
@@ -555,6 +620,7 @@ def user_list() -> None:
 
 @user.command("delete")
 @click.argument("name")
+@_audited("delete", "users", "pacific.lab")
 def user_delete(name: str) -> None:
     from appliance.auth import users
 
@@ -571,6 +637,8 @@ def user_delete(name: str) -> None:
 @click.argument("namespace")
 @click.argument("username")
 @click.argument("role", type=click.Choice(["owner", "edit", "view"]))
+@_audited("create", "rolebindings", "rbac.authorization.k8s.io", name="username",
+          namespace="namespace")
 def grant(namespace: str, username: str, role: str) -> None:
     """Give USERNAME the vSphere role ROLE in NAMESPACE."""
     from appliance.auth import bootstrap
@@ -748,6 +816,7 @@ def class_list() -> None:
 @class_group.command("assign")
 @click.argument("name")
 @click.argument("namespace")
+@_audited("create", "virtualmachineclassbindings", "vmoperator.vmware.com", namespace="namespace")
 def class_assign(name: str, namespace: str) -> None:
     """Let VMs in NAMESPACE use class NAME."""
     from appliance.objects import SYSTEM
@@ -835,6 +904,7 @@ def image_import(source: str, name: str, allow_private: bool) -> None:
 @image_group.command("assign")
 @click.argument("name")
 @click.argument("namespace")
+@_audited("create", "virtualmachineimages", "vmoperator.vmware.com", namespace="namespace")
 def image_assign(name: str, namespace: str) -> None:
     """Publish image NAME into NAMESPACE as a VirtualMachineImage."""
     from appliance.objects import SYSTEM

@@ -27,6 +27,7 @@ from appliance import kubeconfig
 from appliance.agent.agent import HostAgent
 from appliance.api.app import ApiApp
 from appliance.auth import bootstrap, users
+from appliance.audit import AuditLog
 from appliance.auth.throttle import LoginThrottle
 from appliance.client import ApiClient
 from appliance.controllers.base import Controller
@@ -68,6 +69,8 @@ class Supervisor:
     service: ObjectService
     #: Password guesses, counted for the API's /login and the dashboard's form together.
     logins: LoginThrottle = field(default_factory=LoginThrottle)
+    #: One Event per request of the API and the dashboard (``appliance.audit``).
+    audit_log: AuditLog | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> Supervisor:
@@ -79,7 +82,7 @@ class Supervisor:
         migrate(engine)
         store = Store(engine, history=settings.watch_history)
         service = ObjectService(store, default_registry(lab_ranges(settings)))
-        return cls(settings, store, service)
+        return cls(settings, store, service, audit_log=AuditLog(settings.log_dir))
 
     def bootstrap(self) -> str | None:
         bootstrap.ensure_rbac(self.service)
@@ -166,7 +169,7 @@ class HostService:
                            self._console_log},
                      streams={("", "pods", "log"): PodLogs(s.pods_dir).read},
                      registry_info=self._registry_info if s.registry_enabled else None,
-                     logins=sup.logins)
+                     logins=sup.logins, audit_log=sup.audit_log)
         self.api = api
         self._serve(api, s.api_port, "api")
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")

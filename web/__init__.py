@@ -19,10 +19,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, g, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from appliance import audit
 from appliance.errors import ApiError
 
 from web import filters, security
@@ -82,6 +83,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = N
     app.register_blueprint(users.bp)
 
     _error_pages(app)
+    _audit(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:
@@ -93,6 +95,57 @@ def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = N
 TITLES = {400: "That did not work", 401: "Please log in", 403: "Not allowed", 404: "Not found",
           405: "Not allowed", 409: "Changed meanwhile", 413: "Too large",
           422: "Not valid", 500: "Something went wrong"}
+
+
+#: The dashboard's path words for the kinds they show, as the audit log names them.
+AUDITED_KINDS = {"vms": ("virtualmachines", "vmoperator.vmware.com"),
+                 "clusters": ("tanzukubernetesclusters", "run.tanzu.vmware.com"),
+                 "grants": ("rolebindings", "rbac.authorization.k8s.io"),
+                 "limits": ("resourcequotas", ""), "images": ("virtualmachineimages",
+                                                             "vmoperator.vmware.com"),
+                 "classes": ("virtualmachineclassbindings", "vmoperator.vmware.com"),
+                 "users": ("users", "pacific.lab"), "namespaces": ("namespaces", ""),
+                 "ns": ("namespaces", "")}
+
+
+def _audit(app: Flask) -> None:
+    """One audit Event per page and form (``appliance.audit``): the user, the address,
+    what was asked (a form's fields and passwords never), the answer's code."""
+
+    @app.after_request
+    def audit_request(resp: Response) -> Response:
+        log = getattr(app.extensions["pacific_lab"].supervisor, "audit_log", None)
+        if log is None or request.path.startswith("/static/") or request.path == "/healthz":
+            return resp
+        args = request.view_args or {}
+        record = audit.Request(request.full_path.rstrip("?"), request.method,
+                               request.remote_addr or "", request.user_agent.string,
+                               client="dashboard")
+        who = g.get("user")
+        if who is not None:
+            record.user, record.groups = who.name, tuple(who.groups)
+        elif request.endpoint == "auth.login" and request.method == "POST":
+            record.user = (request.form.get("username") or "")[:64]
+        words = [w for w in request.path.split("/") if w] or [""]
+        record.namespace = args.get("ns", "")
+        record.name = args.get("name") or args.get("binding") or ""
+        if "plural" in args:
+            record.resource, record.api_group = args["plural"], args.get("group", "")
+        else:
+            known = [w for w in words if w in AUDITED_KINDS]
+            if known:
+                record.resource, record.api_group = AUDITED_KINDS[known[-1]]
+                if known[-1] == "ns" and not record.name:
+                    record.name, record.namespace = record.namespace, ""
+        record.verb = ("get" if request.method in ("GET", "HEAD") else
+                       "delete" if words[-1] in ("delete", "revoke") else
+                       "create" if words[-1] == "new" or (not record.name and
+                                                          request.endpoint != "auth.login")
+                       else "update")
+        if record.verb == "create" and not record.name:
+            record.name = (request.form.get("name") or "")[:253]
+        log.write(record.event(resp.status_code))
+        return resp
 
 
 def _error_pages(app: Flask) -> None:

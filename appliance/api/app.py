@@ -18,8 +18,9 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import ClosingIterator
 
-from appliance import errors
+from appliance import audit, errors
 from appliance.api import discovery, openapi, openapi_v2
 from appliance.api.bodies import parse_body, read_limited
 from appliance.auth.throttle import LoginThrottle
@@ -79,10 +80,12 @@ class ApiApp:
                  logs: dict[tuple[str, str, str], Callable[[dict[str, Any]], Any]] | None = None,
                  streams: dict[tuple[str, str, str], LogStream] | None = None,
                  registry_info: Callable[[], dict[str, str]] | None = None,
-                 logins: LoginThrottle | None = None) -> None:
+                 logins: LoginThrottle | None = None,
+                 audit_log: audit.AuditLog | None = None) -> None:
         self.ca_pem = ca_pem
         # Password guesses per (user, source), shared with the dashboard's login form.
         self.logins = logins or LoginThrottle()
+        self.audit_log = audit_log
         # Where the lab registry is (`lab registry url`), for any signed-in user.
         self.registry_info = registry_info
         # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
@@ -106,6 +109,9 @@ class ApiApp:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         started = time.monotonic()
+        record = environ["pacific.audit"] = audit.Request(
+            request.full_path.rstrip("?"), request.method, request.remote_addr or "",
+            request.headers.get("User-Agent", ""))
         try:
             response = self.dispatch(request)
         except errors.ApiError as err:
@@ -119,6 +125,7 @@ class ApiApp:
         if not response.is_streamed:
             LOG.debug("%s %s -> %d (%.1f ms)", request.method, request.full_path,
                       response.status_code, (time.monotonic() - started) * 1000)
+            self._audit(request, record, response.status_code)
             return response(environ, start_response)
 
         def start_and_flush(status: str, headers: list[tuple[str, str]],
@@ -129,7 +136,13 @@ class ApiApp:
             write = start_response(status, headers, exc_info)
             write(b"")
             return write
-        return response(environ, start_and_flush)
+        # A stream's Event is written when it ends (the server closes its iterator).
+        return ClosingIterator(response(environ, start_and_flush), [
+            lambda: self._audit(request, record, response.status_code)])
+
+    def _audit(self, request: Request, record: audit.Request, code: int) -> None:
+        if self.audit_log is not None and request.path not in audit.UNAUDITED_PATHS:
+            self.audit_log.write(record.event(code))
 
     def authenticate(self, request: Request) -> UserInfo:
         header = request.headers.get("Authorization", "")
@@ -155,6 +168,8 @@ class ApiApp:
         if path == "/ca.crt" and self.ca_pem:
             return Response(self.ca_pem, content_type="application/x-pem-file")
         user = self.authenticate(request)
+        record: audit.Request = request.environ["pacific.audit"]
+        record.user, record.groups = user.name, tuple(user.groups)
         if path == "/logout" and request.method == "POST":
             with self.store.write() as txn:
                 users.revoke_token(txn.session, request.headers["Authorization"][7:].strip())
@@ -189,6 +204,11 @@ class ApiApp:
         if not rest:
             return _json(discovery.resource_list(self.registry, group, version))
         route = self.route(group, version, rest)
+        t = route.target
+        record.verb = audit.api_verb(request.method, route.collection,
+                                     request.args.get("watch") in ("true", "1"))
+        record.resource, record.api_group, record.api_version = t.plural, t.group, version
+        record.namespace, record.name, record.subresource = t.namespace, t.name, t.subresource
         return self.handle(request, user, route)
 
     # -- routing -----------------------------------------------------------------------------
@@ -418,6 +438,7 @@ class ApiApp:
             name, _, password = base64.b64decode(auth[6:]).decode().partition(":")
         except (ValueError, UnicodeDecodeError) as exc:
             raise errors.unauthorized("malformed basic authentication header") from exc
+        request.environ["pacific.audit"].user = name[:64]
         source = request.remote_addr or ""
         wait = self.logins.retry_after(name, source)
         if wait is not None:

@@ -4,6 +4,7 @@ refuse bad input with nothing stored, and the administrator's namespace flow."""
 
 from __future__ import annotations
 
+import json
 import logging
 import base64
 import html as html_lib
@@ -267,6 +268,29 @@ def test_posts_without_a_valid_csrf_token_are_refused(lab: Any) -> None:
     assert "sneaky" not in names(sup, "", "namespaces")
     assert b.post("/namespaces/new", data).status_code == 302  # the same form, from the page
     assert "sneaky" in names(sup, "", "namespaces")
+
+
+def test_every_page_and_form_is_audited_without_passwords(lab: Any) -> None:
+    sup, app, password = lab
+    b = Browser(app)
+    b.get("/login")
+    b.post("/login", {"username": "admin", "password": "not-the-password"},
+           environ_base={"REMOTE_ADDR": "192.0.2.44"})
+    b.login("admin", password)
+    assert b.post("/namespaces/new", {"name": "audited", "cpu": "2"}).status_code == 302
+    assert b.get("/ns/audited").status_code == 200
+    log = sup.settings.log_dir / "audit.log"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(e["annotations"] == {"pacific.lab/client": "dashboard"} for e in events)
+    failed = next(e for e in events if e["sourceIPs"] == ["192.0.2.44"])
+    assert failed["user"]["username"] == "admin" and failed["responseStatus"]["code"] == 401
+    created = next(e for e in events if e["verb"] == "create")
+    assert created["objectRef"] == {"resource": "namespaces", "name": "audited"}
+    assert created["user"]["username"] == "admin" and created["responseStatus"]["code"] == 302
+    shown = [e for e in events if e["requestURI"] == "/ns/audited"]
+    assert shown and shown[-1]["verb"] == "get"
+    assert shown[-1]["objectRef"] == {"resource": "namespaces", "name": "audited"}
+    assert password not in log.read_text() and "not-the-password" not in log.read_text()
 
 
 # -- administrators ----------------------------------------------------------------------------
