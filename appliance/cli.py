@@ -43,6 +43,11 @@ def _logfile(s: Settings) -> Path:
     return s.log_dir / "host-service.log"
 
 
+def _keeper_state(s: Settings) -> Path:
+    """What the keeper (``appliance.keeper``) says of the service it respawns."""
+    return s.run_dir / "host-service.keeper.json"
+
+
 class LabGroup(click.Group):
     """Commands whose API did not answer end with one line, not a traceback."""
 
@@ -209,8 +214,12 @@ def _start_service(s: Settings) -> None:
                             "Pacific Lab host service", templates_dir=s.templates_dir)
         console.print(f"[green]✓[/] systemd unit {SERVICE_NAME}.service running")
         return
-    pid = daemon.start_daemon(_service_argv(), _pidfile(s), _logfile(s), env=_service_env(s))
-    console.print(f"[green]✓[/] host service running (pid {pid}, logs in {_logfile(s)})")
+    # Without systemd, the daemon is a keeper that starts the service again when it dies.
+    keeper = [sys.executable, "-m", "appliance.keeper", str(_keeper_state(s)), "--",
+              *_service_argv()]
+    pid = daemon.start_daemon(keeper, _pidfile(s), _logfile(s), env=_service_env(s))
+    console.print(f"[green]✓[/] host service running (kept up by pid {pid}, logs in "
+                  f"{_logfile(s)})")
 
 
 def _leader(s: Settings) -> str:
@@ -384,6 +393,8 @@ def status() -> None:
     s = _settings()
     running = _running(s)
     out.print(f"host service: {'running' if running else 'stopped'}")
+    if running:
+        _keeper_status(s)
     ready = running and _api_ready(s)
     if running:
         out.print(f"API: {'ready' if ready else 'not ready'} ({host_api_url(s)})")
@@ -401,6 +412,24 @@ def status() -> None:
             out.print(f"KVM not used: {facts['kvm_error']}", markup=False, highlight=False)
     if not running:
         sys.exit(3)
+
+
+def _keeper_status(s: Settings) -> None:
+    """Restarts of the host service by its keeper (hosts without systemd)."""
+    from appliance import keeper
+
+    state = keeper.read_state(_keeper_state(s))
+    if not state:
+        return
+    last = state.get("last_exit") or {}
+    line = f"restarts: {state.get('restarts', 0)}"
+    if last:
+        line += f" (last: {last.get('how')} after {last.get('ran_seconds')} s, at {last.get('at')})"
+    out.print(line, markup=False, highlight=False)
+    if state.get("crash_loop"):
+        out.print(f"crash loop: the host service keeps dying; the keeper waits "
+                  f"{state.get('next_start_in') or 0:.0f} s between starts; see `lab logs`",
+                  markup=False, highlight=False)
 
 
 @main.command()

@@ -1,8 +1,11 @@
 """kill -9 of the host service during a stream of writes loses no acknowledged
-write and corrupts nothing; `lab up` brings it back."""
+write and corrupts nothing; its keeper starts it again with nobody touching it (a host
+without systemd, as here), `lab status` counts the restart, and `lab down` stops it for
+good."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -16,6 +19,7 @@ import pytest
 import requests
 
 from tests.support.server import ROOT, LabServer
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.api
 
@@ -41,6 +45,7 @@ def test_kill_9_mid_writes_loses_nothing(tmp_path: Path) -> None:
     assert f"https://127.0.0.1:{server.api_port}" in first.stdout
     assert str(server.admin_kubeconfig) in first.stdout
     pidfile = server.state_dir / "run" / "host-service.pid"
+    keeper_state = server.state_dir / "run" / "host-service.keeper.json"
     try:
         s = _session(server)
         r = s.post(server.url + "/api/v1/namespaces", json={
@@ -72,12 +77,30 @@ def test_kill_9_mid_writes_loses_nothing(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while len(acked) < 150 and time.monotonic() < deadline:
             time.sleep(0.05)
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
+        keeper = int(pidfile.read_text().split()[0])
+        service = json.loads(keeper_state.read_text())["service_pid"]
+        assert service != keeper
+        os.kill(service, signal.SIGKILL)
+        killed = time.monotonic()
         stop.set()
         for t in threads:
             t.join(30)
         assert len(acked) >= 150
+
+        # Back by itself: the keeper started the service again.
+        def answers() -> bool:
+            try:
+                return requests.get(server.url + "/readyz", verify=server.ca_file,
+                                    timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for("the API to answer again by itself", answers, 60, 0.1)
+        print(f"the API answered again {time.monotonic() - killed:.1f} s after kill -9")
+        assert int(pidfile.read_text().split()[0]) == keeper
+        assert json.loads(keeper_state.read_text())["service_pid"] != service
+        status = _lab(server, "status")
+        assert "restarts: 1 (last: killed by SIGKILL" in status.stdout, status.stdout
         # The database is intact.
         db = sqlite3.connect(server.state_dir / "supervisor.db")
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -85,6 +108,7 @@ def test_kill_9_mid_writes_loses_nothing(tmp_path: Path) -> None:
         second = _lab(server, "up", "--skip-host-prep")
         assert second.returncode == 0, second.stderr
         assert "password:" not in second.stdout
+        assert int(pidfile.read_text().split()[0]) == keeper  # `lab up` left it alone
         s = _session(server)
         listed = s.get(server.url + "/api/v1/namespaces/crash/configmaps").json()
         stored = {i["metadata"]["name"] for i in listed["items"]}
@@ -105,3 +129,6 @@ def test_kill_9_mid_writes_loses_nothing(tmp_path: Path) -> None:
         down = _lab(server, "down")
         assert down.returncode == 0, down.stderr
     assert _lab(server, "status").returncode == 3
+    assert not keeper_state.exists()
+    time.sleep(1)
+    assert _lab(server, "status").returncode == 3  # stopped for good: nothing came back

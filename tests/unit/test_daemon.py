@@ -210,7 +210,7 @@ def test_render_unit() -> None:
     assert lines[0].startswith("# pacific-lab.service")
     assert "Description=Pacific Lab host service (100%%)" in lines
     assert "Type=simple" in lines
-    assert "Restart=on-failure" in lines
+    assert "Restart=always" in lines
     assert "WantedBy=multi-user.target" in lines
     assert ("ExecStart=/opt/lab/.venv/bin/python -m appliance serve --name \"a b\" 100%% "
             "\"$$HOME\" \"say \\\"hi\\\"\" \"back\\\\slash\"") in lines
