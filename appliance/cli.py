@@ -204,11 +204,29 @@ def _service_env(s: Settings) -> dict[str, str]:
     return env
 
 
+def _code_file(s: Settings) -> Path:
+    """The checkout code (``_checkout_code``) the running host service was started with."""
+    return s.run_dir / "host-service.code"
+
+
 def _start_service(s: Settings) -> None:
+    """Start the host service, or leave it running; restart it when this checkout's code
+    is not the code it was started with (``lab up`` after a ``git pull``)."""
     from appliance import daemon
+    from appliance.util.files import write_atomic
 
     for d in (s.state_dir, s.log_dir, s.run_dir):
         d.mkdir(parents=True, exist_ok=True)
+    code = _checkout_code(s)
+    try:
+        started_with = _code_file(s).read_text().strip()
+    except OSError:
+        started_with = ""
+    if code and started_with and code != started_with and _running(s):
+        _stop_service(s)
+        console.print(f"[green]✓[/] host service stopped to run this checkout's code "
+                      f"({started_with} → {code})")
+    write_atomic(_code_file(s), f"{code}\n".encode(), 0o644)
     if daemon.systemd_is_pid1():
         daemon.install_unit(SERVICE_NAME, _service_argv(), _service_env(s),
                             "Pacific Lab host service", templates_dir=s.templates_dir)
