@@ -1277,56 +1277,53 @@ class Tier:
         return [sys.executable, "-m", "pytest", *self.paths]
 
 
-#: How ``lab test`` runs the whole suite: phases in turn, the tiers of a phase side by side,
-#: each in its own pytest process, told its place (``LAB_TEST_STREAM=i/n``) so that it
-#: takes address ranges no other tier of the phase takes. Emulated VMs leave a core idle
-#: for much of the end-to-end tier (waiting for boots, networks and daemons); the unit
-#: and API tiers run beside it at a lower CPU priority and take that idle time. (Two
-#: end-to-end tiers side by side were tried: the VMs then fill both cores, each tier
-#: takes about twice as long, and a browser test saw the other tier's network changes.)
-SUITE: tuple[tuple[Tier, ...], ...] = (
-    (Tier("end-to-end tier", ("tests/e2e",)),
-     Tier("unit and API tiers", ("tests/unit", "tests/api"), niceness=10)),
+#: How ``lab test`` runs the whole suite: the first tier in the foreground, the others
+#: beside it, each in its own pytest process, told its place (``LAB_TEST_STREAM=i/n``) so
+#: that it takes address ranges no other tier takes. Emulated VMs leave a core idle for
+#: much of the end-to-end tier (waiting for boots, networks and daemons); the unit and API
+#: tiers run beside it at a lower CPU priority and take that idle time. (Two end-to-end
+#: tiers side by side were tried: the VMs then fill both cores, each tier takes about
+#: twice as long, and a browser test saw the other tier's network changes.)
+SUITE: tuple[Tier, ...] = (
+    Tier("end-to-end tier", ("tests/e2e",)),
+    Tier("unit and API tiers", ("tests/unit", "tests/api"), niceness=10),
 )
 
 
 def _run_suite(root: Path) -> int:
-    """Every phase of :data:`SUITE` in turn. In a phase the first tier prints as it runs;
-    the others write to ``test-artifacts/<n>.log``, printed once the phase is over.
-    Non-zero when any tier fails; every phase runs regardless."""
+    """The tiers of :data:`SUITE` side by side. The first prints as it runs; the others
+    write to ``test-artifacts/tier-<n>.log``, printed once the first is over. Non-zero
+    when any tier fails."""
     artifacts = root / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
+    first, others = SUITE[0], SUITE[1:]
+    beside: list[tuple[Tier, subprocess.Popen[bytes], Path]] = []
     results: list[tuple[str, int]] = []
-    number = 0
-    for phase in SUITE:
-        beside: list[tuple[Tier, subprocess.Popen[bytes], Path]] = []
-        first, others = phase[0], phase[1:]
-        try:
-            for index, tier in enumerate(others, start=1):
-                number += 1
-                log = artifacts / f"tier-{number}.log"
-                console.print(f"running: {' '.join(tier.argv()[1:])} (beside; output in "
-                              f"{log.relative_to(root)})")
-                with log.open("wb") as out:
-                    beside.append((tier, subprocess.Popen(
-                        tier.argv(), cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env={**os.environ, "LAB_TEST_STREAM": f"{index}/{len(phase)}"},
-                        preexec_fn=lambda n=tier.niceness: os.nice(n)), log))
-            console.print(f"running: {' '.join(first.argv()[1:])}")
-            rc = subprocess.call(first.argv(), cwd=root,
-                                 env={**os.environ, "LAB_TEST_STREAM": f"0/{len(phase)}"})
-            results.append((first.name, rc))
-            for tier, proc, log in beside:
-                results.append((tier.name, proc.wait()))
-                sys.stdout.write(f"\n===== {tier.name} ({log.relative_to(root)}) =====\n")
-                sys.stdout.write(log.read_text(errors="replace"))
-                sys.stdout.flush()
-        finally:
-            for _, proc, _ in beside:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait(60)
+    try:
+        for index, tier in enumerate(others, start=1):
+            log = artifacts / f"tier-{index}.log"
+            console.print(f"running: {' '.join(tier.argv()[1:])} (beside; output in "
+                          f"{log.relative_to(root)})")
+            with log.open("wb") as out:
+                beside.append((tier, subprocess.Popen(
+                    tier.argv(), cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "LAB_TEST_STREAM": f"{index}/{len(SUITE)}"},
+                    preexec_fn=lambda n=tier.niceness: os.nice(n)), log))
+        console.print(f"running: {' '.join(first.argv()[1:])}")
+        rc = subprocess.call(first.argv(), cwd=root,
+                             env={**os.environ, "LAB_TEST_STREAM": f"0/{len(SUITE)}"})
+        results.append((first.name, rc))
+        for tier, proc, log in beside:
+            results.append((tier.name, proc.wait()))
+            sys.stdout.write(f"\n===== {tier.name} ({log.relative_to(root)}) =====\n")
+            sys.stdout.write(log.read_text(errors="replace"))
+            sys.stdout.flush()
+    finally:
+        for _, proc, _ in beside:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(60)
     for name, rc in results:
         console.print(f"{'[green]✓[/]' if rc == 0 else '[red]✗[/]'} {name}: "
                       f"{'passed' if rc == 0 else f'failed (pytest exit {rc})'}")

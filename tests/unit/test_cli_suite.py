@@ -1,5 +1,5 @@
-"""How ``lab test`` runs the whole suite: the tiers of a phase side by side, the output
-of those beside printed afterwards, a failure in any tier failing the run; and the
+"""How ``lab test`` runs the whole suite: its tiers side by side, the output of those
+beside printed afterwards, a failure in any tier failing the run; and the
 address slices that keep tiers side by side out of each other's ranges."""
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ def test_every_tier_runs_and_a_failing_one_fails_the_run(
 ) -> None:
     root = _project(tmp_path, {"test_a.py": PASSING, "test_b.py": FAILING})
     monkeypatch.setattr(cli, "SUITE", (
-        (cli.Tier("first", ("test_a.py",)), cli.Tier("beside", ("test_b.py",), niceness=5)),
-    ))
+        cli.Tier("first", ("test_a.py",)), cli.Tier("beside", ("test_b.py",), niceness=5)))
 
     rc = cli._run_suite(root)
 
@@ -47,8 +46,7 @@ def test_each_tier_knows_its_place_and_the_one_beside_runs_nicer(
 ) -> None:
     root = _project(tmp_path, {"test_s.py": STREAM})
     monkeypatch.setattr(cli, "SUITE", (
-        (cli.Tier("first", ("test_s.py",)), cli.Tier("beside", ("test_s.py",), niceness=7)),
-    ))
+        cli.Tier("first", ("test_s.py",)), cli.Tier("beside", ("test_s.py",), niceness=7)))
     import os
 
     base = os.nice(0)
