@@ -5,10 +5,12 @@ daemon, and the keeper runs the host service as its child::
 
     python -m appliance.keeper STATE_FILE -- python -m appliance.cli serve
 
-When the service exits or is killed, the keeper starts it again: at once the first time,
-then after a delay that doubles with each exit that follows a short run (``FIRST_DELAY``
-to ``MAX_DELAY``), and at once again after a run of ``HEALTHY_AFTER`` seconds. Five exits
-within ``LOOP_WINDOW`` seconds is a crash loop, which ``lab status`` reports. SIGTERM (what
+When the service exits or is killed, the keeper starts it again after ``FIRST_DELAY``.
+A quick exit (the service ended by itself within ``HEALTHY_AFTER`` seconds of its start,
+as when it cannot start at all, or was killed within ``KILLED_QUICKLY``) doubles the delay
+before the next start, up to ``MAX_DELAY``; five quick exits within ``LOOP_WINDOW``
+seconds are a crash loop, which ``lab status`` reports. A service killed after it ran
+(``kill -9``, the OOM killer) is started again at once, however often that happens. SIGTERM (what
 ``lab down`` sends) stops the service and the keeper for good; a keeper that is killed
 takes its service with it (``PR_SET_PDEATHSIG``), so that ``lab up`` can start both
 again. Under systemd the unit's ``Restart=always`` does this job instead.
@@ -40,7 +42,8 @@ LOG = logging.getLogger("appliance.keeper")
 
 FIRST_DELAY = 0.2
 MAX_DELAY = 30.0
-HEALTHY_AFTER = 60.0
+HEALTHY_AFTER = 10.0
+KILLED_QUICKLY = 1.0
 LOOP_WINDOW = 300.0
 LOOP_EXITS = 5
 STOP_TIMEOUT = 25.0  # then SIGKILL (the caller's own timeout is 30 s)
@@ -75,11 +78,11 @@ def describe_exit(returncode: int) -> str:
 class Keeper:
     def __init__(self, argv: Sequence[str], state_file: Path, *,
                  first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY,
-                 healthy_after: float = HEALTHY_AFTER, loop_window: float = LOOP_WINDOW,
-                 loop_exits: int = LOOP_EXITS) -> None:
+                 healthy_after: float = HEALTHY_AFTER, killed_quickly: float = KILLED_QUICKLY,
+                 loop_window: float = LOOP_WINDOW, loop_exits: int = LOOP_EXITS) -> None:
         self.argv, self.state_file = list(argv), state_file
         self.first_delay, self.max_delay = first_delay, max_delay
-        self.healthy_after = healthy_after
+        self.healthy_after, self.killed_quickly = healthy_after, killed_quickly
         self.loop_window, self.loop_exits = loop_window, loop_exits
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
@@ -107,11 +110,15 @@ class Keeper:
             if self.stopping.is_set():
                 break
             now = time.monotonic()
-            self._exits.append(now)
+            quick = ran < (self.healthy_after if returncode >= 0 else self.killed_quickly)
+            if quick:
+                self._exits.append(now)
+                delay = min(self.max_delay, delay * 2) if self._exits_before(now) else \
+                    self.first_delay
+            else:
+                delay = self.first_delay
             while self._exits and self._exits[0] < now - self.loop_window:
                 self._exits.popleft()
-            delay = self.first_delay if ran >= self.healthy_after else \
-                min(self.max_delay, delay * 2) if self.restarts else self.first_delay
             self.restarts += 1
             self.last_exit = {"how": describe_exit(returncode), "ran_seconds": round(ran, 1),
                               "at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -122,6 +129,10 @@ class Keeper:
             self.stopping.wait(delay)
         self._finish()
         return 0
+
+    def _exits_before(self, now: float) -> bool:
+        """Whether another quick exit came shortly before this one (within the window)."""
+        return any(now - self.loop_window <= t < now for t in self._exits)
 
     @property
     def crash_loop(self) -> bool:

@@ -58,6 +58,23 @@ def test_exits_in_a_row_wait_longer_each_time_and_are_a_crash_loop(tmp_path: Pat
     assert not thread.is_alive()
 
 
+def test_a_service_killed_again_and_again_after_running_is_always_started_at_once(
+        tmp_path: Path) -> None:
+    state = tmp_path / "keeper.json"
+    keeper = Keeper(SLEEPER, state, killed_quickly=0.1, loop_exits=3)
+    thread = running(keeper)
+    pid = wait_for("the service", lambda: read_state(state), 10, 0.02)["service_pid"]
+    for kill in range(1, 6):
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        found = wait_for("a new service", lambda p=pid: (read_state(state) or {}).get(
+            "service_pid") not in (None, p) and read_state(state), 10, 0.01)
+        pid = found["service_pid"]
+        assert found["restarts"] == kill and not found["crash_loop"]
+    keeper.stop()
+    thread.join(30)
+
+
 def test_sigterm_stops_the_keeper_and_its_service_for_good(tmp_path: Path) -> None:
     state = tmp_path / "keeper.json"
     proc = subprocess.Popen([sys.executable, "-m", "appliance.keeper", str(state), "--",
