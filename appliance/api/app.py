@@ -62,10 +62,22 @@ def _error(err: errors.ApiError) -> Response:
     return _json(err.to_status(), err.code, err.headers)
 
 
+#: A Warning header's text at most (kube-apiserver truncates long warnings too).
+WARNING_CHARS = 1024
+
+
 def _warning_headers(resp: Response, warnings: Iterable[str]) -> Response:
     for w in warnings:
-        resp.headers.add("Warning", '299 - "{}"'.format(w.replace('"', "'")))
+        resp.headers.add("Warning", f'299 - "{_header_text(w)}"')
     return resp
+
+
+def _header_text(text: str) -> str:
+    """``text`` fit for an HTTP header: printable ASCII, anything else escaped (a field name
+    from a request body may hold any character), no double quotes, bounded."""
+    text = text[:WARNING_CHARS].replace('"', "'")
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in text)
 
 
 #: Reads a subresource of an object: (object, query arguments, follow limit) -> chunks.

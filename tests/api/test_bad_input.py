@@ -85,6 +85,20 @@ def test_yaml_with_anchors_and_aliases_is_accepted(admin_api: Api) -> None:
     admin_api.call("DELETE", f"{CMS}/anchored")
 
 
+def test_an_unknown_field_named_in_any_script_is_warned_about_not_a_500(
+        admin_api: Api) -> None:
+    """Found by benchmarks/fuzz.py: a field name outside Latin-1 in a Warning header made
+    the server fail writing the answer (500, empty body)."""
+    r = admin_api.call("POST", CMS, json={
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "warned"},
+        "fi\u00e9ld\U0008b918\"x": 1})
+    assert r.status_code == 201, r.text
+    warning = r.headers["Warning"]
+    assert warning.startswith('299 - "unknown field')
+    assert "\\U0008b918" in warning and warning.isascii()
+    admin_api.call("DELETE", f"{CMS}/warned")
+
+
 def test_unknown_kind(admin_api: Api) -> None:
     r = admin_api.call("POST", f"/apis/nope.example.com/v1/namespaces/{NS}/widgets",
                        json={"apiVersion": "nope.example.com/v1", "kind": "Widget",
