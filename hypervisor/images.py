@@ -842,6 +842,7 @@ def _download(url: str, dest: Path, *, allow_private: bool, max_bytes: int,
                 location = resp.getheader("Location")
                 if not location:
                     raise ImageError(f"{_redact(url)}: redirect without a Location")
+                resp.close()  # an HTTP/1.0 response owns the socket: conn.close() leaves it open
                 url = urljoin(url, location)
                 LOG.info("import: redirected to %s", _redact(url))
                 continue

@@ -36,8 +36,9 @@ directory file descriptors and never following a symbolic link:
   (``.wh..wh.plnk/...``, ``.wh..wh.aufs``) are ignored, as docker does;
 - sizes: the decompressed stream and the bytes written are counted against
   a ``Budget`` shared by all layers of an image, and so is the number of
-  entries; pax and GNU long-name headers over 1 MiB are refused before
-  ``tarfile`` reads them into memory;
+  entries, counting the missing parent directories they make (one entry
+  may make 255); pax and GNU long-name headers over 1 MiB are refused
+  before ``tarfile`` reads them into memory;
 - a layer's ``diff_id`` (the digest of its uncompressed tar) is checked.
 
 zstd layers are decompressed by the ``zstd`` program when it is installed
@@ -347,6 +348,7 @@ class _Extractor:
                     if not create:
                         os.close(fd)
                         return None
+                    self.budget.entry()  # a missing parent is a file too
                     os.mkdir(name, 0o700, dir_fd=fd)
                     child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                     os.fchmod(child, 0o755)  # whatever the umask
