@@ -5,6 +5,7 @@ Every command fails with a non-zero exit and one readable line on bad input.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -1272,21 +1273,71 @@ class Tier:
     name: str
     paths: tuple[str, ...]
     niceness: int = 0  # added to the run's CPU niceness (a tier beside another)
+    background: bool = False  # in a CPU cgroup of low weight (``_background_cgroup``)
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "pytest", *self.paths]
+
+
+#: The CPU cgroup of the tiers that run beside another (``Tier.background``), and its weight: a
+#: quarter of a session's or of libvirt's ``machine`` group, so that it takes at most a
+#: fifth of the CPU from busy VMs, and is never starved (tests of it wait on clocks too).
+BACKGROUND_CGROUP = "pacific-lab-tests-beside"
+BACKGROUND_SHARES = 256  # cgroup v1 cpu.shares (default 1024)
+BACKGROUND_WEIGHT = 25  # cgroup v2 cpu.weight (default 100)
+
+
+def _background_cgroup() -> Path | None:
+    """The ``cgroup.procs`` file of a CPU cgroup of low weight, made if need be; None where
+    there is no writable CPU controller.
+
+    Niceness alone does not do this: the kernel's autogroups share the CPU between
+    sessions first (every daemon a test starts has a session of its own, and libvirt's
+    VMs all share its ``machine`` cgroup), so a niced tier and its servers took CPU from
+    the emulated VMs of the tier beside as if at full priority. A task in a cgroup other
+    than the root one is never in an autogroup: the whole tier, servers included, then
+    shares the weight of its one cgroup."""
+    for base, knobs in ((Path("/sys/fs/cgroup/cpu"), (("cpu.shares", str(BACKGROUND_SHARES)),)),
+                        (Path("/sys/fs/cgroup"), (("cpu.weight", str(BACKGROUND_WEIGHT)),))):
+        group = base / BACKGROUND_CGROUP
+        try:
+            if not (base / "cgroup.procs").exists() or not (
+                    (base / "cpu.shares").exists() or "cpu" in (
+                        base / "cgroup.controllers").read_text().split()):
+                continue
+            group.mkdir(exist_ok=True)
+            for knob, value in knobs:
+                if (group / knob).exists():
+                    (group / knob).write_text(value)
+                    break
+            return group / "cgroup.procs"
+        except OSError:
+            continue
+    return None
+
+
+def _beside(tier: Tier, procs: Path | None) -> Any:
+    """What a tier's process does before pytest starts: lower its priority."""
+
+    def setup() -> None:
+        os.nice(tier.niceness)
+        if tier.background and procs is not None:
+            with contextlib.suppress(OSError):
+                procs.write_text(str(os.getpid()))
+
+    return setup
 
 
 #: How ``lab test`` runs the whole suite: the first tier in the foreground, the others
 #: beside it, each in its own pytest process, told its place (``LAB_TEST_STREAM=i/n``) so
 #: that it takes address ranges no other tier takes. Emulated VMs leave a core idle for
 #: much of the end-to-end tier (waiting for boots, networks and daemons); the unit and API
-#: tiers run beside it at a lower CPU priority and take that idle time. (Two end-to-end
+#: tiers run beside it in a CPU cgroup of low weight (``_background_cgroup``). (Two end-to-end
 #: tiers side by side were tried: the VMs then fill both cores, each tier takes about
 #: twice as long, and a browser test saw the other tier's network changes.)
 SUITE: tuple[Tier, ...] = (
     Tier("end-to-end tier", ("tests/e2e",)),
-    Tier("unit and API tiers", ("tests/unit", "tests/api"), niceness=10),
+    Tier("unit and API tiers", ("tests/unit", "tests/api"), niceness=10, background=True),
 )
 
 
@@ -1297,6 +1348,7 @@ def _run_suite(root: Path) -> int:
     artifacts = root / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     first, others = SUITE[0], SUITE[1:]
+    procs = _background_cgroup() if any(t.background for t in others) else None
     beside: list[tuple[Tier, subprocess.Popen[bytes], Path]] = []
     results: list[tuple[str, int]] = []
     try:
@@ -1309,7 +1361,7 @@ def _run_suite(root: Path) -> int:
                     tier.argv(), cwd=root, stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env={**os.environ, "LAB_TEST_STREAM": f"{index}/{len(SUITE)}"},
-                    preexec_fn=lambda n=tier.niceness: os.nice(n)), log))
+                    preexec_fn=_beside(tier, procs)), log))
         console.print(f"running: {' '.join(first.argv()[1:])}")
         rc = subprocess.call(first.argv(), cwd=root,
                              env={**os.environ, "LAB_TEST_STREAM": f"0/{len(SUITE)}"})

@@ -57,6 +57,27 @@ def test_each_tier_knows_its_place_and_the_one_beside_runs_nicer(
     assert f"stream 1/2 {base + 7}" in out
 
 
+CGROUP = ("def test_cgroup():\n"
+          "    from pathlib import Path\n"
+          "    print('cgroups', Path('/proc/self/cgroup').read_text().replace(chr(10), ' '))\n")
+
+
+def test_the_tier_beside_runs_in_a_cpu_cgroup_of_low_weight_where_there_is_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    root = _project(tmp_path, {"test_c.py": CGROUP})
+    monkeypatch.setattr(cli, "SUITE", (
+        cli.Tier("first", ("test_c.py",)), cli.Tier("beside", ("test_c.py",), background=True)))
+
+    assert cli._run_suite(root) == 0
+    lines = [line for line in capfd.readouterr().out.splitlines() if "cgroups" in line]
+    assert len(lines) == 2
+    first, beside = sorted(lines, key=lambda line: cli.BACKGROUND_CGROUP in line)
+    assert cli.BACKGROUND_CGROUP not in first
+    if cli._background_cgroup() is not None:  # a host with a writable CPU controller, as here
+        assert f"/{cli.BACKGROUND_CGROUP}" in beside
+
+
 @pytest.mark.parametrize(("stream", "allowed"), [
     ("0/1", range(16)), ("", range(16)), ("0/2", range(8)), ("1/2", range(8, 16)),
     ("2/3", range(10, 15)), ("nonsense", range(16))])
