@@ -423,6 +423,10 @@ class ApiApp:
         return (json.dumps({"type": "BOOKMARK", "object": obj}) + "\n").encode()
 
     def delete_collection(self, request: Request, user: UserInfo, t: Target) -> Response:
+        # Its own verb, decided first (as kube-apiserver does): list and delete of each
+        # item alone would let anyone who may list "delete" an empty collection.
+        with self.store.read() as txn:
+            self.service.authorize(txn, user, "deletecollection", t)
         result = self.service.list(user, t, request.args.get("labelSelector", ""),
                                    request.args.get("fieldSelector", ""))
         dry = "All" in request.args.getlist("dryRun")

@@ -4,7 +4,8 @@ vSphere's per-namespace permissions map onto three ClusterRoles, granted in a
 namespace with a RoleBinding (the dashboard and ``lab`` make those):
 
 - ``pacific:namespace-owner``: everything in the namespace, including its
-  role bindings (and so granting view/edit/owner to others);
+  role bindings (and so granting view/edit/owner to others); not status, which
+  controllers write, nor the Namespace object beyond reading it;
 - ``pacific:namespace-edit``: create, change and delete workloads; read the
   namespace's quota, bindings and events;
 - ``pacific:namespace-view``: read everything except Secrets.
@@ -72,9 +73,18 @@ def namespace_roles(registry: Registry) -> dict[str, list[dict[str, Any]]]:
     view.append(_rule([REGISTRY[0]], [REGISTRY[1]], ["pull"]))
     edit.append(_rule([REGISTRY[0]], [REGISTRY[1]], ["pull", "push"]))
     # Everything in the namespace, but not "bind"/"escalate": an owner may grant
-    # only permissions it holds itself.
-    owner = [_rule(["*"], ["*"], READ + WRITE),
-             _rule([REGISTRY[0]], [REGISTRY[1]], ["pull", "push"])]
+    # only permissions it holds itself. Kind by kind, not a wildcard: a wildcard
+    # would also grant writing status (the controllers' alone: a VM's placement and
+    # addresses live there) and changing or deleting the Namespace object itself
+    # (requests about a namespace are decided inside it), which stays the
+    # administrator's: its labels feed NetworkPolicy namespaceSelectors.
+    owner: list[dict[str, Any]] = [_rule([""], ["namespaces"], ["get"])]
+    for kind in namespaced:
+        subs = [f"{kind.plural}/{s}" for s in kind.extra_subresources]
+        status = [f"{kind.plural}/status"] if kind.has_status else []
+        owner.append(_rule([kind.group], [kind.plural, *status, *subs], READ))
+        owner.append(_rule([kind.group], [kind.plural, *subs], WRITE))
+    owner.append(_rule([REGISTRY[0]], [REGISTRY[1]], ["pull", "push"]))
     return {OWNER: owner, EDIT: edit, VIEW: view}
 
 
