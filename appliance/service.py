@@ -55,9 +55,11 @@ NODE_TOKEN_TTL = 365 * 24 * 3600
 #: the kernel's queue for a thread, not in SYN retries (cheroot's default is 5).
 LISTEN_BACKLOG = 1024
 #: In the host role: how often the floating IP is asked, and after how long without an
-#: answer the host starts the control-plane domains itself (_keep_control_plane_up).
+#: answer the host starts the control-plane domains itself (_keep_control_plane_up). Only
+#: domains that are shut off are started, so a VM that is slow or rebooting is never
+#: touched; the grace (three checks) only keeps a blip from counting.
 CONTROL_PLANE_CHECK = 15.0
-CONTROL_PLANE_GRACE = 180.0
+CONTROL_PLANE_GRACE = 45.0
 
 
 @dataclass
