@@ -54,6 +54,8 @@ NODE_TOKEN_TTL = 365 * 24 * 3600
 #: The listen backlog of the API and the dashboard: a burst of a thousand clients waits in
 #: the kernel's queue for a thread, not in SYN retries (cheroot's default is 5).
 LISTEN_BACKLOG = 1024
+#: Worker threads of each of the API's listeners (a watch holds one while it is open).
+API_THREADS = 320
 #: In the host role: how often the floating IP is asked, and after how long without an
 #: answer the host starts the control-plane domains itself (_keep_control_plane_up). Only
 #: domains that are shut off are started, so a VM that is slow or rebooting is never
@@ -173,7 +175,10 @@ class HostService:
                      registry_info=self._registry_info if s.registry_enabled else None,
                      logins=sup.logins, audit_log=sup.audit_log)
         self.api = api
-        self._serve(api, s.api_port, "api")
+        # A watch holds a worker thread for as long as it is open: the API's servers have
+        # more threads than the watches it lets open (ApiApp.max_watches), so that a
+        # hundred watches never leave a request waiting for a thread.
+        self._serve(api, s.api_port, "api", threads=API_THREADS)
         self._serve(self._dashboard(sup), s.dashboard_port, "dashboard")
         self._write_admin_kubeconfig(sup, pki)
         if s.registry_enabled:
@@ -257,10 +262,10 @@ class HostService:
         return sorted(a for a in found if ":" not in a and
                       not any(ipaddress.ip_address(a) in net for net in lab))
 
-    def _serve(self, app: Any, port: int, name: str) -> None:
+    def _serve(self, app: Any, port: int, name: str, threads: int = 96) -> None:
         addresses = self.bind_addresses()
         for address in addresses:
-            server = wsgi.Server((address, port), app, numthreads=max(32, 96 // len(addresses)),
+            server = wsgi.Server((address, port), app, numthreads=threads,
                                  server_name=f"pacific-lab-{name}", timeout=60,
                                  shutdown_timeout=2, request_queue_size=LISTEN_BACKLOG)
             server.ssl_adapter = BuiltinSSLAdapter(str(self.pki.server_cert),

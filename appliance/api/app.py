@@ -62,6 +62,9 @@ def _error(err: errors.ApiError) -> Response:
     return _json(err.to_status(), err.code, err.headers)
 
 
+#: Watches open at once, at most: each holds one of the server's worker threads (the
+#: service runs more: ``appliance.service.API_THREADS``), so requests always find one.
+MAX_WATCHES = 256
 #: A Warning header's text at most (kube-apiserver truncates long warnings too).
 WARNING_CHARS = 1024
 
@@ -93,11 +96,13 @@ class ApiApp:
                  streams: dict[tuple[str, str, str], LogStream] | None = None,
                  registry_info: Callable[[], dict[str, str]] | None = None,
                  logins: LoginThrottle | None = None,
-                 audit_log: audit.AuditLog | None = None) -> None:
+                 audit_log: audit.AuditLog | None = None,
+                 max_watches: int = MAX_WATCHES) -> None:
         self.ca_pem = ca_pem
         # Password guesses per (user, source), shared with the dashboard's login form.
         self.logins = logins or LoginThrottle()
         self.audit_log = audit_log
+        self.max_watches = max_watches
         # Where the lab registry is (`lab registry url`), for any signed-in user.
         self.registry_info = registry_info
         # (group, plural, subresource) -> the log file of an object, e.g. a VM's console.
@@ -338,6 +343,10 @@ class ApiApp:
                 timeout = min(float(args["timeoutSeconds"]), timeout)
             except ValueError as exc:
                 raise errors.bad_request("timeoutSeconds must be a number") from exc
+        if self._open_watches >= self.max_watches:
+            raise errors.too_many_requests(
+                f"too many watches are open on this server ({self.max_watches}); "
+                "try again shortly", 1)
         events = self.service.watch(user, t, args.get("resourceVersion", ""),
                                     args.get("labelSelector", ""), args.get("fieldSelector", ""),
                                     timeout=timeout, heartbeat=KEEPALIVE_SECONDS)
