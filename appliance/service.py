@@ -173,7 +173,8 @@ class HostService:
                            self._console_log},
                      streams={("", "pods", "log"): PodLogs(s.pods_dir).read},
                      registry_info=self._registry_info if s.registry_enabled else None,
-                     logins=sup.logins, audit_log=sup.audit_log)
+                     logins=sup.logins, audit_log=sup.audit_log,
+                     max_watches=min(s.max_watches, API_THREADS - 64))
         self.api = api
         # A watch holds a worker thread for as long as it is open: the API's servers have
         # more threads than the watches it lets open (ApiApp.max_watches), so that a

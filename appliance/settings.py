@@ -30,6 +30,7 @@ class Settings:
     token_ttl_seconds: int = 10 * 3600
     max_body_bytes: int = 3 * 1024 * 1024
     watch_history: int = 20000  # watch-log events kept before compaction
+    max_watches: int = 256  # open at once per API process (each holds a worker thread)
     # The appliance network VMs use until namespace networks take over. The
     # default is from 198.18.0.0/15 (RFC 2544, benchmarking), which no real
     # network routes, so lab traffic can never leak onto someone's LAN.
@@ -139,6 +140,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "state_dir": Path, "cache_dir": Path, "database_url": str, "api_bind": str,
     "api_port": int, "dashboard_port": int, "public_host": str,
     "token_ttl_seconds": int, "max_body_bytes": int, "watch_history": int,
+    "max_watches": int,
     "appliance_cidr": str, "appliance_bridge": str, "cpu_allocation_ratio": float,
     "network_enabled": _flag, "network_pool_cidr": str, "network_subnet_prefix": int,
     "network_ingress_cidr": str, "network_cluster_ip_cidr": str, "network_bridge": str,
