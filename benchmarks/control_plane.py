@@ -64,6 +64,7 @@ from benchmarks.api import (  # noqa: E402
     configmap_body,
     note,
 )
+from tests.support.checkout import newer_checkout  # noqa: E402
 from tests.support.server import LabServer  # noqa: E402
 
 LIMITS = Limits(duration=30.0, max_ops_1=200, max_ops_n=200, events=30)
@@ -152,18 +153,6 @@ def failover(server: LabServer, api: LabApi, vms: int, index: int) -> float:
     seconds = time.monotonic() - lost
     note(f"kill {index}: the API took a write after {seconds:.1f} s")
     return seconds
-
-
-def newer_checkout(path: Path) -> Path:
-    """This checkout cloned, one commit ahead: what a `git pull` brings."""
-    git = ["git", "-c", f"safe.directory={ROOT}", "-c", "user.name=bench",
-           "-c", "user.email=bench@pacific.lab"]
-    subprocess.run([*git, "clone", "--quiet", str(ROOT), str(path)], check=True, timeout=120)
-    with (path / "appliance" / "__init__.py").open("a") as fh:
-        fh.write("# rolled through the control-plane VMs by benchmarks/control_plane.py\n")
-    subprocess.run([*git, "-C", str(path), "commit", "--quiet", "-am", "a newer release"],
-                   check=True, timeout=60)
-    return path
 
 
 class Availability:

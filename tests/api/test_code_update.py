@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checkout import newer_checkout
 from tests.support.server import ROOT, LabServer
 
 pytestmark = pytest.mark.api
@@ -20,17 +21,6 @@ def lab(server: LabServer, *args: str, checkout: Path = ROOT) -> str:
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return " ".join((proc.stderr + proc.stdout).split())
-
-
-def newer_checkout(path: Path) -> Path:
-    """This checkout cloned, one commit ahead: what a `git pull` brings."""
-    git = ["git", "-c", f"safe.directory={ROOT}", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "clone", "--quiet", str(ROOT), str(path)], check=True, timeout=120)
-    with (path / "appliance" / "__init__.py").open("a") as fh:
-        fh.write("# a newer release\n")
-    subprocess.run([*git, "-C", str(path), "commit", "--quiet", "-am", "newer"], check=True,
-                   timeout=60)
-    return path
 
 
 def test_lab_up_restarts_the_service_only_when_the_code_changed(tmp_path: Path) -> None:
