@@ -41,7 +41,11 @@ def test_watches_beyond_the_cap_get_429_and_requests_still_answer(tmp_path: Path
         lock = threading.Lock()
 
         def one_more() -> None:
-            resp = requests.get(url, params={"watch": "true", "timeoutSeconds": "20"},
+            # Long enough that no watch of the test ends (and frees its slot for a late
+            # one) before all are counted, however slow the machine; with bookmarks, so
+            # the server writes now and then and notices when the test closes them.
+            resp = requests.get(url, params={"watch": "true", "timeoutSeconds": "300",
+                                             "allowWatchBookmarks": "true"},
                                 headers=dict(session.headers), verify=lab.ca_file,
                                 stream=True, timeout=60)
             with lock:
