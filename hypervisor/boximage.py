@@ -90,7 +90,7 @@ RELEASE = "bookworm"
 # Bump when the recipe changes in a way its fingerprint cannot see.
 BOX_RECIPE_VERSION = 1
 # Bump when packing changes (boot loader, partition layout, files written, archive).
-BOX_FORMAT_VERSION = 1
+BOX_FORMAT_VERSION = 2  # 2: the kernel beside the box for TCG, the hostname inside
 WHEELHOUSE_VERSION = 1
 
 FS_GIB = 12  # the image's file system
@@ -104,6 +104,8 @@ VENV_DIR = f"{PROJECT_DIR}/.venv"
 WHEELHOUSE_DIR = "/opt/pacific-lab/wheelhouse"
 BOX_FILE = "pacific-lab-debian-12.box"
 KEY_FILE = "id_ed25519"
+BOOT_FILE = "boot.json"  # in the .box: where this host keeps the box's kernel (TCG)
+HOSTNAME = "pacific-lab"
 WHEEL_TIMEOUT = 1800.0
 PACK_TIMEOUT = 1800.0
 ADD_TIMEOUT = 1800.0
@@ -376,6 +378,19 @@ def box_vagrantfile(private_key: Path) -> str:
         "end\n")
 
 
+KERNEL_FILE, INITRD_FILE = "vmlinuz", "initrd.img"
+
+
+def boot_record(entry: Path, cmdline: str) -> dict[str, str]:
+    """What the Vagrantfile needs to boot the box's kernel directly: its files, kept beside
+    the box in ``entry`` (readable by libvirt's QEMU, unlike a home directory), and the
+    command line GRUB would give it. Under TCG the Vagrantfile boots it so, adding
+    ``mitigations=off`` (an emulated CPU never speculates, and page-table isolation costs a
+    TLB flush per system call there); under KVM the box boots through GRUB as packed."""
+    return {"kernel": str(entry / KERNEL_FILE), "initrd": str(entry / INITRD_FILE),
+            "cmdline": cmdline}
+
+
 def grub_cfg(cmdline: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9=,._/: -]+", cmdline):
         raise ImageError(f"refusing the kernel command line {cmdline!r}")
@@ -525,13 +540,17 @@ def assemble_disk(fs: Path, disk: Path, *, boot_img: bytes, core_img: bytes,
 
 
 def write_box_archive(dest: Path, *, metadata: dict[str, Any], vagrantfile: str,
-                      box_img: Path) -> None:
-    """The .box file: a tar of metadata.json, Vagrantfile and box.img (Vagrant unpacks it)."""
+                      box_img: Path, boot: dict[str, str] | None = None) -> None:
+    """The .box file: a tar of metadata.json, Vagrantfile, box.img (Vagrant unpacks it) and
+    ``boot.json`` (see :func:`boot_record`)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     mtime = int(time.time())
+    small = [("metadata.json", json.dumps(metadata, indent=2) + "\n"),
+             ("Vagrantfile", vagrantfile)]
+    if boot is not None:
+        small.append((BOOT_FILE, json.dumps(boot, indent=2, sort_keys=True) + "\n"))
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("metadata.json", json.dumps(metadata, indent=2) + "\n"),
-                           ("Vagrantfile", vagrantfile)):
+        for name, data in small:
             info = tarfile.TarInfo(name)
             raw = data.encode()
             info.size, info.mode, info.mtime = len(raw), 0o644, mtime
@@ -593,7 +612,17 @@ def _pack(image: BuiltImage, keys: KeyPair, key: str, entry: Path, work: Path,
     write_into_fs(fs, f"/home/{VAGRANT_USER}/.ssh/authorized_keys",
                   (keys.public_line + "\n").encode(), work, mode=0o600, uid=VAGRANT_UID,
                   gid=VAGRANT_UID)
+    # The box is named already, so `vagrant up` need not set a hostname (48 s under TCG).
+    write_into_fs(fs, "/etc/hostname", f"{HOSTNAME}\n".encode(), work, mode=0o644)
+    write_into_fs(fs, "/etc/hosts", _read(fs, "/etc/hosts", work).rstrip(b"\n") +
+                  f"\n127.0.1.1\t{HOSTNAME}\n".encode(), work, mode=0o644)
     run(["e2fsck", "-f", "-n", str(fs)], timeout=PACK_TIMEOUT)
+    out = work / "out"
+    out.mkdir()
+    for link, name in (("/vmlinuz", KERNEL_FILE), ("/initrd.img", INITRD_FILE)):
+        target = "/" + _stat(fs, link)["link"].lstrip("/")
+        (out / name).write_bytes(_read(fs, target, work))
+        (out / name).chmod(0o644)
     disk = work / "disk.raw"
     assemble_disk(fs, disk, boot_img=boot_img, core_img=core_img, disk_bytes=DISK_GIB * 1024 ** 3,
                   signature=int(key[:8], 16))
@@ -605,11 +634,10 @@ def _pack(image: BuiltImage, keys: KeyPair, key: str, entry: Path, work: Path,
     info = _qemu_img_info(box_img, "qcow2")
     virtual_gib = int(info["virtual-size"]) // 1024 ** 3
     _report(progress, "packing: writing the box", 0.95)
-    out = work / "out"
-    out.mkdir()
     box_file = out / BOX_FILE
     write_box_archive(box_file, metadata=box_metadata(virtual_gib),
-                      vagrantfile=box_vagrantfile(keys.private), box_img=box_img)
+                      vagrantfile=box_vagrantfile(keys.private), box_img=box_img,
+                      boot=boot_record(entry, image.cmdline))
     box_img.unlink()
     version = f"12.{time.strftime('%Y%m%d%H%M%S', time.gmtime(now()))}"
     digest = sha256_file(box_file)

@@ -344,6 +344,7 @@ def test_up_boots_the_local_box_and_provisions_with_ansible(lab: VagrantLab) -> 
 
     assert re.search(rf"Base box:\s+{re.escape(BOX)}\b", first.text)
     assert re.search(rf"Domain type:\s+{driver}\b", first.text)
+    assert "Setting hostname..." not in first.text  # the box is named already
     assert f"libvirt driver {driver}" in first.text  # the Vagrantfile says which and why
     assert re.search(r"added to|already in", lab.runs["box_build"].text)
     (recap,) = first.recaps()
@@ -378,6 +379,11 @@ def test_the_lab_inside_answers_kubectl(lab: VagrantLab) -> None:
         # VMX, so its lab finds no /dev/kvm and runs its own VMs under TCG at once.
         assert facts["accelerator"] == "tcg"
         assert facts["kvm_error"] == "/dev/kvm does not exist"
+    # Under TCG the Vagrantfile boots the box's kernel directly with mitigations=off (an
+    # emulated CPU never speculates); under KVM GRUB boots it with the kernel's defaults.
+    cmdline = lab.ssh("cat /proc/cmdline").split()
+    assert ("mitigations=off" in cmdline) == (host_accelerator() != "kvm")
+    assert lab.ssh("hostname").strip() == "pacific-lab"  # from the box, not set by Vagrant
 
 
 @pytest.mark.timeout(2400)

@@ -218,6 +218,9 @@ def image(tmp_path: Path) -> BuiltImage:
     (root / "initrd.img").symlink_to("boot/initrd.img-6.1.0-1-amd64")
     (root / "boot" / "grub" / "i386-pc" / "boot.img").write_bytes(fake_boot_img())
     (root / "boot" / "grub" / "i386-pc" / "core.img").write_bytes(fake_core_img())
+    (root / "etc").mkdir()
+    (root / "etc" / "hostname").write_text("debian\n")
+    (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n")
     ssh = root / "home" / "vagrant" / ".ssh"
     ssh.mkdir(parents=True, mode=0o700)
     os.chown(ssh, 1000, 1000)
@@ -240,8 +243,15 @@ def test_pack_makes_a_bootable_box_and_caches_it(tmp_path: Path, image: BuiltIma
     assert box.name == BOX_NAME and box.version == "12.20260101000000"
     assert box.virtual_size_gib == 1 and box.private_key == keys.private
     with tarfile.open(box.path) as tar:
-        assert sorted(tar.getnames()) == ["Vagrantfile", "box.img", "metadata.json"]
+        assert sorted(tar.getnames()) == ["Vagrantfile", "boot.json", "box.img",
+                                          "metadata.json"]
         assert json.load(tar.extractfile("metadata.json")) == box_metadata(1)  # type: ignore[arg-type]
+        # The kernel and initrd beside the box, for direct kernel boot under TCG.
+        boot = json.load(tar.extractfile("boot.json"))  # type: ignore[arg-type]
+        assert boot == {"kernel": str(box.path.parent / "vmlinuz"),
+                        "initrd": str(box.path.parent / "initrd.img"), "cmdline": CMDLINE}
+        assert Path(boot["kernel"]).read_bytes() == b"kernel"
+        assert Path(boot["initrd"]).read_bytes() == b"initrd"
         (tmp_path / "box.img").write_bytes(tar.extractfile("box.img").read())  # type: ignore[union-attr]
     raw = tmp_path / "box.raw"
     _run("qemu-img", "convert", "-O", "raw", str(tmp_path / "box.img"), str(raw))
@@ -258,6 +268,9 @@ def test_pack_makes_a_bootable_box_and_caches_it(tmp_path: Path, image: BuiltIma
     assert _run("debugfs", "-R", "cat /home/vagrant/.ssh/authorized_keys", str(fs)) == \
         keys.public_line + "\n"
     assert _run("debugfs", "-R", "cat /boot/grub/grub.cfg", str(fs)) == grub_cfg(CMDLINE)
+    assert _run("debugfs", "-R", "cat /etc/hostname", str(fs)) == "pacific-lab\n"
+    assert _run("debugfs", "-R", "cat /etc/hosts", str(fs)) == \
+        "127.0.0.1\tlocalhost\n127.0.1.1\tpacific-lab\n"
     _run("e2fsck", "-f", "-n", str(fs))
 
     assert json.loads(box.catalog.read_text())["versions"][0]["version"] == box.version
