@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from hypervisor.ssh import generate_keypair, run_command
+from tests.support.hostnet import host_addresses_steady
 from tests.support.server import LabServer
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +86,16 @@ def _why_not_ready(lab: LabServer, page: Page, name: str) -> str:
             f"service log:\n{lab.log_tail(60)}")
 
 
-def test_dashboard_in_a_browser(vmlab: LabServer, browser: Browser, tmp_path: Path) -> None:
+@pytest.fixture
+def steady_addresses() -> Iterator[None]:
+    """No test beside this one adds or removes a host address meanwhile (a browser aborts
+    a page load when one does): ``tests.support.hostnet``."""
+    with host_addresses_steady():
+        yield
+
+
+def test_dashboard_in_a_browser(vmlab: LabServer, browser: Browser, tmp_path: Path,
+                                steady_addresses: None) -> None:
     shot = Shots()
     vmlab.add_user(DEV, DEV_PASSWORD)
     admin_user, admin_password = vmlab.admin_credentials

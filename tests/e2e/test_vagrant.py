@@ -41,6 +41,7 @@ import requests
 import yaml
 
 from hypervisor.boximage import list_boxes
+from tests.support.hostnet import HostAddressesLock
 
 pytestmark = pytest.mark.e2e
 
@@ -122,10 +123,27 @@ def up_phases(run: Run) -> dict[str, float]:
 
 
 def stream(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
-           echo: bool = False) -> Run:
-    """Run ``argv`` (its own process group), keeping each output line with its time."""
+           echo: bool = False, steady: HostAddressesLock | None = None,
+           steady_until: str | None = None) -> Run:
+    """Run ``argv`` (its own process group), keeping each output line with its time.
+
+    With ``steady``, hold that lock from the start until a line contains ``steady_until``
+    (or to the end): while Vagrant makes or removes its network (``tests.support.hostnet``)."""
     started = time.monotonic()
     lines: list[tuple[float, str]] = []
+    if steady is not None:
+        steady.acquire()
+    try:
+        return _stream(argv, env=env, cwd=cwd, timeout=timeout, echo=echo, steady=steady,
+                       steady_until=steady_until, started=started, lines=lines)
+    finally:
+        if steady is not None:
+            steady.release()
+
+
+def _stream(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float, echo: bool,
+            steady: HostAddressesLock | None, steady_until: str | None, started: float,
+            lines: list[tuple[float, str]]) -> Run:
     with subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           start_new_session=True) as proc:
@@ -136,6 +154,8 @@ def stream(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
             for raw in proc.stdout:
                 text = ANSI.sub("", PROGRESS.sub("", raw.decode(errors="replace"))).rstrip()
                 lines.append((time.monotonic() - started, text))
+                if steady is not None and steady_until is not None and steady_until in text:
+                    steady.release()
                 if echo:
                     print(f"{lines[-1][0]:7.1f} {text}", flush=True)
             rc = proc.wait()
@@ -252,9 +272,14 @@ class VagrantLab:
         assert run.rc == 0, f"lab box build failed:\n{run.tail()}"
         return run
 
-    def vagrant(self, *args: str, timeout: float = UP_TIMEOUT, name: str | None = None) -> Run:
+    def vagrant(self, *args: str, timeout: float = UP_TIMEOUT, name: str | None = None,
+                network_changes: bool = False) -> Run:
+        """``vagrant ARGS``; with ``network_changes``, the host's addresses are held steady
+        for the others (``tests.support.hostnet``) until the domain starts, or to the end."""
         run = stream(["vagrant", *args, "--no-color"], env=self.env(), cwd=VAGRANT_DIR,
-                     timeout=timeout)
+                     timeout=timeout,
+                     steady=HostAddressesLock() if network_changes else None,
+                     steady_until=MARKERS["start"] if args[:1] == ("up",) else None)
         if name:
             self.runs[name] = run
             save(run, name)
@@ -290,7 +315,7 @@ class VagrantLab:
     def cleanup(self) -> None:
         """Destroy whatever is left, drop the box volume this test uploaded, remove state."""
         if any(self.leftovers().values()):
-            self.vagrant("destroy", "-f", "lab", timeout=600)
+            self.vagrant("destroy", "-f", "lab", timeout=600, network_changes=True)
         for pool, volume in box_volumes() - self.volumes_before:
             subprocess.run(["virsh", "-c", LIBVIRT, "vol-delete", "--pool", pool, volume],
                            capture_output=True, check=False, timeout=120)
@@ -321,7 +346,7 @@ def lab() -> Iterator[VagrantLab]:
     try:
         box = lab.build_box()
         lab.timings["box_build_and_add"] = round(box.seconds, 1)
-        first = lab.vagrant("up", "lab", name="first_up")
+        first = lab.vagrant("up", "lab", name="first_up", network_changes=True)
         if first.rc != 0:
             raise AssertionError(f"vagrant up lab failed (rc={first.rc}):\n{first.tail(80)}\n"
                                  f"--- console ---\n{lab.console_tail()}")
@@ -442,7 +467,8 @@ def test_destroy_leaves_no_domain_volume_or_network(lab: VagrantLab) -> None:
     before = lab.leftovers()
     assert before["domains"] == [f"{lab.prefix}lab"]
     assert len(before["port forwarders"]) == 2  # so that their absence below means something
-    destroy = lab.vagrant("destroy", "-f", "lab", timeout=600, name="destroy")
+    destroy = lab.vagrant("destroy", "-f", "lab", timeout=600, name="destroy",
+                          network_changes=True)
     lab.timings["destroy"] = round(destroy.seconds, 1)
 
     assert destroy.rc == 0, destroy.tail()
@@ -493,8 +519,8 @@ def test_up_without_the_local_box_says_how_to_build_it(tmp_path: Path) -> None:
 
 def test_box_is_what_vagrant_libvirt_expects() -> None:
     """The packed box: a tar of metadata.json (v1: libvirt, qcow2, virtual size in GiB),
-    the box's Vagrantfile (this install's key, no key insertion) and box.img (qcow2 of
-    that size, no backing file)."""
+    the box's Vagrantfile (this install's key, no key insertion), box.img (qcow2 of that
+    size, no backing file) and boot.json (the kernel kept beside the box)."""
     env = {**os.environ, "VAGRANT_CHECKPOINT_DISABLE": "1"}
     built = subprocess.run([sys.executable, "-m", "appliance.cli", "box", "build", "--no-add"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,
@@ -504,8 +530,10 @@ def test_box_is_what_vagrant_libvirt_expects() -> None:
     assert len(boxes) == 1
     box = boxes[0]
     with tarfile.open(box.path) as tar:
-        assert sorted(tar.getnames()) == ["Vagrantfile", "box.img", "metadata.json"]
+        assert sorted(tar.getnames()) == ["Vagrantfile", "boot.json", "box.img",
+                                          "metadata.json"]
         metadata = json.load(tar.extractfile("metadata.json"))  # type: ignore[arg-type]
+        boot = json.load(tar.extractfile("boot.json"))  # type: ignore[arg-type]
         vagrantfile = tar.extractfile("Vagrantfile").read().decode()  # type: ignore[union-attr]
         header = tar.extractfile("box.img").read(104)  # type: ignore[union-attr]
     assert metadata == {"provider": "libvirt", "format": "qcow2",
@@ -514,6 +542,12 @@ def test_box_is_what_vagrant_libvirt_expects() -> None:
     assert int.from_bytes(header[8:16], "big") == 0  # no backing file
     assert int.from_bytes(header[24:32], "big") == metadata["virtual_size"] * 1024 ** 3
     assert "config.ssh.insert_key = false" in vagrantfile
+    # The kernel that the Vagrantfile boots directly under TCG, kept beside the box.
+    assert boot["kernel"] == str(box.path.parent / "vmlinuz")
+    assert boot["initrd"] == str(box.path.parent / "initrd.img")
+    assert Path(boot["kernel"]).stat().st_size > 1024 ** 2
+    assert re.fullmatch(r"root=UUID=[0-9a-f-]+ ro console=tty0 console=ttyS0,115200n8",
+                        boot["cmdline"])
     assert f"config.ssh.private_key_path = '{STATE_DIR / 'vagrant' / 'id_ed25519'}'" \
         in vagrantfile
     key = STATE_DIR / "vagrant" / "id_ed25519"
