@@ -227,7 +227,7 @@ class HostService:
         self._thread(daemon.supervise, "registry-daemon")
         projects = Projects(sup.service, Storage(daemon.storage_root))
         front = RegistryFront(Access(sup.service), signer, projects, daemon.socket_path,
-                              s.registry_token_ttl_seconds, local_names(s))
+                              s.registry_token_ttl_seconds, local_names(s), logins=sup.logins)
         front.serve(self.bind_addresses(), s.registry_port, pki.server_cert, pki.server_key)
         self.registry_front = front
         self._thread(RepositoryController(projects, daemon, front).run, "registry-controller")

@@ -1,4 +1,5 @@
-"""Throttling password guesses: the API's ``/login`` and the dashboard's login form.
+"""Throttling password guesses: the API's ``/login``, the dashboard's login form and the
+registry's token endpoint (Basic credentials with a password; tokens are not counted).
 
 Failures are counted per (user name, source address). Once one pair has failed
 ``MAX_FAILURES`` times within ``WINDOW`` seconds, that pair is locked: every login from

@@ -39,7 +39,9 @@ from urllib.parse import parse_qsl
 
 from appliance import errors
 from appliance.registry import SERVICE, TOKEN_PATH
-from appliance.registry.access import Access, Unauthenticated
+from appliance.auth import users
+from appliance.auth.throttle import LoginThrottle
+from appliance.registry.access import Access, Unauthenticated, parse_basic
 from appliance.registry.names import InvalidName, Scope, check_reference, check_repository, \
     parse_scope, project_of
 from appliance.registry.projects import Projects
@@ -82,10 +84,30 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _basic_user(authorization: str) -> str | None:
+    """The user name of Basic credentials with a password: what a guesser tries. None for
+    anything else, tokens included (nobody guesses one, and an agent retrying with an
+    expired token must not lock itself out of the next)."""
+    try:
+        basic = parse_basic(authorization)
+    except Unauthenticated:
+        return None
+    if basic is None:
+        return None
+    name, secret = basic
+    if secret.rpartition(":")[2].startswith(users.TOKEN_PREFIX):
+        return None
+    return name
+
+
 class RegistryFront:
     def __init__(self, access: Access, signer: Signer, projects: Projects, upstream: Path,
-                 token_ttl: int, known_hosts: set[str]) -> None:
+                 token_ttl: int, known_hosts: set[str],
+                 logins: LoginThrottle | None = None) -> None:
         self.access = access
+        # Password guesses at the token endpoint count with those at the API's /login and
+        # the dashboard's form (one throttle per supervisor: ``Supervisor.logins``).
+        self.logins = logins or LoginThrottle()
         self.signer = signer
         self.projects = projects
         self.upstream = upstream
@@ -183,13 +205,25 @@ class RegistryFront:
             raise RegistryError(400, "UNSUPPORTED", str(exc)) from exc
         if len(scopes) > 32:
             raise RegistryError(400, "UNSUPPORTED", "too many scopes")
+        name = _basic_user(authorization)
+        wait = self.logins.retry_after(name, client) if name else None
+        if wait is not None:
+            LOG.info("registry token refused for %s: %r is locked out for %d s", client,
+                     name[:64], wait)
+            raise RegistryError(429, "TOOMANYREQUESTS", f"too many failed logins for "
+                                f"{name[:64]!r} from {client}; try again in {wait} s",
+                                {"Retry-After": str(wait)})
         try:
             user = self.access.authenticate(authorization)
         except Unauthenticated as exc:
             LOG.info("registry token refused for %s: %s", client, exc)
+            if name:
+                self.logins.failed(name, client)
             raise RegistryError(401, "UNAUTHORIZED", "authentication failed: invalid user "
                                 "name, password or token",
                                 {"WWW-Authenticate": f'Basic realm="{SERVICE}"'}) from exc
+        if name:
+            self.logins.succeeded(name, client)
         if user is None:
             LOG.info("registry token refused for %s: anonymous (%s)", client,
                      describe(scopes))

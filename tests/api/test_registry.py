@@ -212,6 +212,29 @@ def test_other_namespace_anonymous_and_wrong_password_cannot_pull(
                      ("eddie", people.tokens["vera"])).status_code == 401
 
 
+def test_password_guesses_at_the_token_endpoint_are_throttled_with_the_api_s(
+        lab: LabServer, people: People) -> None:
+    """Ten wrong passwords for one user from one address lock that pair out of the token
+    endpoint (429, Retry-After), and out of the API's /login too: one throttle per
+    supervisor (issue 17). Others, and tokens, go on as before."""
+    lab.add_user("guessed-at", "guessed-at-password-1")
+    scope = "repository:team-a/busybox:pull"
+    for _ in range(10):
+        assert token_for(lab, scope, ("guessed-at", "wrong")).status_code == 401
+    locked = token_for(lab, scope, ("guessed-at", "guessed-at-password-1"))
+    assert locked.status_code == 429, locked.text
+    assert int(locked.headers["Retry-After"]) > 0
+    assert locked.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+    api = session(lab).post(f"{lab.url}/login", auth=("guessed-at", "guessed-at-password-1"),
+                            timeout=30)
+    assert api.status_code == 429, api.text
+    # another user from the same address, and a token, are not held up
+    assert granted(lab, scope, ("vera", PASSWORD)) == ["pull"]
+    assert granted(lab, scope, ("vera", people.tokens["vera"])) == ["pull"]
+    assert "registry token refused for 127.0.0.1: 'guessed-at' is locked out" in \
+        lab.log_tail(400)
+
+
 def test_scopes_follow_the_namespace_roles(lab: LabServer, people: People) -> None:
     scope = "repository:team-a/anything:pull,push,delete"
     assert granted(lab, scope, ("vera", PASSWORD)) == ["pull"]
