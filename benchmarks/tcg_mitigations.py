@@ -11,7 +11,7 @@ Meltdown. The figures are the medians over the rounds, and their ratio.
 Why it matters: an emulated CPU never executes speculatively, so the mitigations protect
 nothing there, while page-table isolation switches page tables on every system call and
 each switch flushes TCG's software TLB. The lab boots its VMs with ``mitigations=off``
-under TCG only (``appliance.agent.vms.tcg_cmdline``, the Vagrantfile for the box).
+under TCG only (``hypervisor.domain.tcg_cmdline``, the Vagrantfile for the box).
 
 Needs qemu-system-x86_64 and busybox (Debian's busybox or busybox-static) on this host.
 """

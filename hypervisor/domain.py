@@ -68,6 +68,20 @@ def _absolute(path: Path | None, what: str) -> None:
         raise SpecError(f"{what} must be an absolute path, not {str(path)!r}")
 
 
+def tcg_cmdline(cmdline: str) -> str:
+    """A guest kernel command line for QEMU's emulator (TCG): ``mitigations=off``.
+
+    An emulated CPU never executes speculatively, so Spectre and Meltdown mitigations in
+    the guest protect nothing there, and they cost a great deal: page-table isolation
+    switches page tables on every system call, and each switch flushes TCG's software TLB
+    (``benchmarks/tcg_mitigations.py``: system calls 13.6 times slower with them, figures
+    in ``docs/benchmarks.md``). Under KVM the guest keeps them. A command line that
+    already says ``mitigations=`` is left as it is."""
+    if "mitigations=" in cmdline:
+        return cmdline
+    return f"{cmdline} mitigations=off".strip()
+
+
 @dataclass(frozen=True)
 class KernelBoot:
     """Direct kernel boot: ``<os><kernel/><initrd/><cmdline/></os>``."""

@@ -49,7 +49,7 @@ from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
 from appliance.vmservice.library import ImageFiles, LibraryError, image_files
 from hypervisor.disks import DiskStore
-from hypervisor.domain import DiskSpec, DomainSpec, KernelBoot, NicSpec
+from hypervisor.domain import DiskSpec, DomainSpec, KernelBoot, NicSpec, tcg_cmdline
 from hypervisor.libvirt_driver import HypervisorError, LibvirtDriver, TransientHypervisorError
 from hypervisor.seed import build_seed_iso
 
@@ -73,20 +73,6 @@ POWER = {"PoweredOn": "running", "PoweredOff": "shutoff", "Suspended": "paused"}
 OBSERVED = {"running": "PoweredOn", "blocked": "PoweredOn", "paused": "Suspended",
             "pmsuspended": "Suspended", "shutoff": "PoweredOff", "shutdown": "PoweredOff",
             "crashed": "PoweredOff", "nostate": "PoweredOff"}
-
-
-def tcg_cmdline(cmdline: str) -> str:
-    """A guest kernel command line for QEMU's emulator (TCG): ``mitigations=off``.
-
-    An emulated CPU never executes speculatively, so Spectre and Meltdown mitigations in
-    the guest protect nothing there, and they cost a great deal: page-table isolation
-    switches page tables on every system call, and each switch flushes TCG's software TLB.
-    A guest on this machine made 40,000 system calls in 1.19 s with them and 0.11 s
-    without (``docs/benchmarks.md``). Under KVM the guest keeps them. A command line that
-    already says ``mitigations=`` is left as it is."""
-    if "mitigations=" in cmdline:
-        return cmdline
-    return f"{cmdline} mitigations=off".strip()
 
 
 @dataclass(frozen=True)

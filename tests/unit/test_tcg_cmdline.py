@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.agent.vms import tcg_cmdline
+from hypervisor.domain import tcg_cmdline
 
 
 @pytest.mark.parametrize(("given", "expected"), [
