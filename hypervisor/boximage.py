@@ -105,6 +105,7 @@ WHEELHOUSE_DIR = "/opt/pacific-lab/wheelhouse"
 BOX_FILE = "pacific-lab-debian-12.box"
 KEY_FILE = "id_ed25519"
 BOOT_FILE = "boot.json"  # in the .box: where this host keeps the box's kernel (TCG)
+KERNEL_FILE, INITRD_FILE = "vmlinuz", "initrd.img"  # beside the box, for BOOT_FILE
 HOSTNAME = "pacific-lab"
 WHEEL_TIMEOUT = 1800.0
 PACK_TIMEOUT = 1800.0
@@ -378,9 +379,6 @@ def box_vagrantfile(private_key: Path) -> str:
         "end\n")
 
 
-KERNEL_FILE, INITRD_FILE = "vmlinuz", "initrd.img"
-
-
 def boot_record(entry: Path, cmdline: str) -> dict[str, str]:
     """What the Vagrantfile needs to boot the box's kernel directly: its files, kept beside
     the box in ``entry`` (readable by libvirt's QEMU, unlike a home directory), and the
@@ -509,14 +507,18 @@ def _split(path: str) -> tuple[str, str]:
     return directory or "/", name
 
 
-def _check_boot_files(fs: Path) -> None:
+def _check_boot_files(fs: Path) -> dict[str, str]:
+    """``/vmlinuz`` and ``/initrd.img`` -> the regular files they link to in ``fs``."""
+    found = {}
     for link in ("/vmlinuz", "/initrd.img"):
         got = _stat(fs, link)
         target = got.get("link", "")
         if got.get("type") != "symlink" or not target:
             raise ImageError(f"the image has no {link} link to its kernel: {got}")
-        if _stat(fs, "/" + target.lstrip("/")).get("type") != "regular":
+        found[link] = "/" + target.lstrip("/")
+        if _stat(fs, found[link]).get("type") != "regular":
             raise ImageError(f"the image's {link} points at {target}, which is missing")
+    return found
 
 
 def assemble_disk(fs: Path, disk: Path, *, boot_img: bytes, core_img: bytes,
@@ -605,7 +607,7 @@ def _pack(image: BuiltImage, keys: KeyPair, key: str, entry: Path, work: Path,
     run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image.disk), str(fs)],
         timeout=PACK_TIMEOUT)
     _report(progress, "packing: boot loader and key", 0.83)
-    _check_boot_files(fs)
+    boot_files = _check_boot_files(fs)
     boot_img = _read(fs, "/boot/grub/i386-pc/boot.img", work)
     core_img = _read(fs, "/boot/grub/i386-pc/core.img", work)
     write_into_fs(fs, "/boot/grub/grub.cfg", grub_cfg(image.cmdline).encode(), work, mode=0o644)
@@ -620,8 +622,7 @@ def _pack(image: BuiltImage, keys: KeyPair, key: str, entry: Path, work: Path,
     out = work / "out"
     out.mkdir()
     for link, name in (("/vmlinuz", KERNEL_FILE), ("/initrd.img", INITRD_FILE)):
-        target = "/" + _stat(fs, link)["link"].lstrip("/")
-        (out / name).write_bytes(_read(fs, target, work))
+        (out / name).write_bytes(_read(fs, boot_files[link], work))
         (out / name).chmod(0o644)
     disk = work / "disk.raw"
     assemble_disk(fs, disk, boot_img=boot_img, core_img=core_img, disk_bytes=DISK_GIB * 1024 ** 3,

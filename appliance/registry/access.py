@@ -62,6 +62,21 @@ def parse_basic(header: str) -> tuple[str, str] | None:
     return user, secret
 
 
+def password_user(header: str) -> str | None:
+    """The user name of Basic credentials that carry a password (what a guesser tries), for
+    the login throttle; None for anything else, lab tokens included: nobody guesses one,
+    and an agent retrying with an expired token must not lock itself out of the next. A
+    token is the secret, or what follows its last colon (see :meth:`Access.authenticate`)."""
+    try:
+        basic = parse_basic(header)
+    except Unauthenticated:
+        return None
+    if basic is None:
+        return None
+    name, secret = basic
+    return None if secret.rpartition(":")[2].startswith(users.TOKEN_PREFIX) else name
+
+
 class Access:
     def __init__(self, service: ObjectService) -> None:
         self.service = service

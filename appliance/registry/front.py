@@ -39,9 +39,8 @@ from urllib.parse import parse_qsl
 
 from appliance import errors
 from appliance.registry import SERVICE, TOKEN_PATH
-from appliance.auth import users
 from appliance.auth.throttle import LoginThrottle
-from appliance.registry.access import Access, Unauthenticated, parse_basic
+from appliance.registry.access import Access, Unauthenticated, password_user
 from appliance.registry.names import InvalidName, Scope, check_reference, check_repository, \
     parse_scope, project_of
 from appliance.registry.projects import Projects
@@ -82,22 +81,6 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
-
-
-def _basic_user(authorization: str) -> str | None:
-    """The user name of Basic credentials with a password: what a guesser tries. None for
-    anything else, tokens included (nobody guesses one, and an agent retrying with an
-    expired token must not lock itself out of the next)."""
-    try:
-        basic = parse_basic(authorization)
-    except Unauthenticated:
-        return None
-    if basic is None:
-        return None
-    name, secret = basic
-    if secret.rpartition(":")[2].startswith(users.TOKEN_PREFIX):
-        return None
-    return name
 
 
 class RegistryFront:
@@ -205,7 +188,7 @@ class RegistryFront:
             raise RegistryError(400, "UNSUPPORTED", str(exc)) from exc
         if len(scopes) > 32:
             raise RegistryError(400, "UNSUPPORTED", "too many scopes")
-        name = _basic_user(authorization)
+        name = password_user(authorization)
         wait = self.logins.retry_after(name, client) if name else None
         if wait is not None:
             LOG.info("registry token refused for %s: %r is locked out for %d s", client,

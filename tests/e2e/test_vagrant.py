@@ -131,38 +131,31 @@ def stream(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
 
     With ``steady``, hold that lock from the start until a line contains ``steady_until``
     (or to the end): while Vagrant makes or removes its network (``tests.support.hostnet``)."""
-    started = time.monotonic()
-    lines: list[tuple[float, str]] = []
     if steady is not None:
         steady.acquire()
+    started = time.monotonic()
+    lines: list[tuple[float, str]] = []
     try:
-        return _stream(argv, env=env, cwd=cwd, timeout=timeout, echo=echo, steady=steady,
-                       steady_until=steady_until, started=started, lines=lines)
+        with subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True) as proc:
+            timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    text = ANSI.sub("", PROGRESS.sub("", raw.decode(errors="replace"))).rstrip()
+                    lines.append((time.monotonic() - started, text))
+                    if steady is not None and steady_until is not None and steady_until in text:
+                        steady.release()
+                    if echo:
+                        print(f"{lines[-1][0]:7.1f} {text}", flush=True)
+                rc = proc.wait()
+            finally:
+                timer.cancel()
     finally:
         if steady is not None:
             steady.release()
-
-
-def _stream(argv: list[str], *, env: dict[str, str], cwd: Path, timeout: float, echo: bool,
-            steady: HostAddressesLock | None, steady_until: str | None, started: float,
-            lines: list[tuple[float, str]]) -> Run:
-    with subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          start_new_session=True) as proc:
-        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                text = ANSI.sub("", PROGRESS.sub("", raw.decode(errors="replace"))).rstrip()
-                lines.append((time.monotonic() - started, text))
-                if steady is not None and steady_until is not None and steady_until in text:
-                    steady.release()
-                if echo:
-                    print(f"{lines[-1][0]:7.1f} {text}", flush=True)
-            rc = proc.wait()
-        finally:
-            timer.cancel()
     return Run(argv, rc, time.monotonic() - started, lines)
 
 
