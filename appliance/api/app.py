@@ -343,13 +343,6 @@ class ApiApp:
                 timeout = min(float(args["timeoutSeconds"]), timeout)
             except ValueError as exc:
                 raise errors.bad_request("timeoutSeconds must be a number") from exc
-        if self._open_watches >= self.max_watches:
-            raise errors.too_many_requests(
-                f"too many watches are open on this server ({self.max_watches}); "
-                "try again shortly", 1)
-        events = self.service.watch(user, t, args.get("resourceVersion", ""),
-                                    args.get("labelSelector", ""), args.get("fieldSelector", ""),
-                                    timeout=timeout, heartbeat=KEEPALIVE_SECONDS)
         table = self.wants_table(request)
         table_version = self.table_version(request)
         include = args.get("includeObject", "Metadata")
@@ -362,11 +355,20 @@ class ApiApp:
         agent = request.headers.get("User-Agent", "")
         whitespace_ok = agent.startswith("kubectl") or "Go-http-client" in agent or \
             "kubernetes/" in agent
+        # The slot is taken here, under the lock, not when the stream starts: requests
+        # that arrive together would all pass a check made before any of them counted.
+        slot = self._take_watch_slot()
+        try:
+            events = self.service.watch(user, t, args.get("resourceVersion", ""),
+                                        args.get("labelSelector", ""),
+                                        args.get("fieldSelector", ""),
+                                        timeout=timeout, heartbeat=KEEPALIVE_SECONDS)
+        except BaseException:
+            slot.release()
+            raise
 
         def stream() -> Iterator[bytes]:
             first = True
-            with self._lock:
-                self._open_watches += 1
             try:
                 for ev in events:
                     if ev is None:  # idle: write something to notice a closed connection
@@ -383,14 +385,19 @@ class ApiApp:
                     yield (json.dumps({"type": ev.type, "object": obj},
                                       separators=(",", ":")) + "\n").encode()
             finally:
-                with self._lock:
-                    self._open_watches -= 1
-                close = getattr(events, "close", None)
-                if close:
-                    close()
+                finish()
 
-        resp = Response(stream(), status=200, content_type="application/json",
-                        direct_passthrough=True)
+        def finish() -> None:
+            slot.release()
+            close = getattr(events, "close", None)
+            if close:
+                close()
+
+        # finish() runs when the server closes the body, also when the stream never
+        # started (the client went away before the first byte): closing a generator
+        # that never started does not run its ``finally``.
+        resp = Response(ClosingIterator(stream(), finish), status=200,
+                        content_type="application/json", direct_passthrough=True)
         resp.headers["Cache-Control"] = "no-cache, private"
         return resp
 
@@ -574,6 +581,34 @@ class ApiApp:
     @property
     def open_watches(self) -> int:
         return self._open_watches
+
+    def _take_watch_slot(self) -> _Slot:
+        """One of ``max_watches`` slots, or 429 with ``Retry-After`` when all are taken."""
+        with self._lock:
+            if self._open_watches >= self.max_watches:
+                raise errors.too_many_requests(
+                    f"too many watches are open on this server ({self.max_watches}); "
+                    "try again shortly", 1)
+            self._open_watches += 1
+        return _Slot(self)
+
+    def _give_back_watch_slot(self) -> None:
+        with self._lock:
+            self._open_watches -= 1
+
+
+class _Slot:
+    """A watch's place under the cap, given back exactly once."""
+
+    def __init__(self, app: ApiApp) -> None:
+        self._app: ApiApp | None = app
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            app, self._app = self._app, None
+        if app is not None:
+            app._give_back_watch_slot()
 
 
 def _tail(path: Any, lines: int, follow: bool, timeout: float) -> Iterator[bytes]:
