@@ -10,27 +10,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
+from tests.support.listeners import process_group
 from tests.support.server import LabServer
 
 MIN_BACKLOG = 128
-
-
-def _group(pgid: int) -> set[int]:
-    """The processes of one process group (the lab server and what it started)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # state, ppid, pgrp
-            found.add(int(entry.name))
-    return found
 
 
 def _listening(pids: set[int]) -> dict[str, int]:
@@ -48,7 +32,7 @@ def _listening(pids: set[int]) -> dict[str, int]:
 
 def test_every_listening_port_has_a_backlog_for_a_burst(lab: LabServer) -> None:
     assert lab.proc is not None
-    sockets = _listening(_group(os.getpgid(lab.proc.pid)))
+    sockets = _listening(process_group(os.getpgid(lab.proc.pid)))
     ports = {address.rsplit(":", 1)[1] for address in sockets}
     assert {str(lab.api_port), str(lab.dashboard_port)} <= ports, sockets
     assert all(backlog >= MIN_BACKLOG for backlog in sockets.values()), sockets

@@ -45,7 +45,9 @@ def host(tmp_path: Path) -> NamespaceHost:
 
 def test_dnsmasq(host: NamespaceHost) -> None:
     text = render("dnsmasq.conf.j2", host.extravars())
-    assert "interface=plg101\n" in text and "bind-dynamic\n" in text
+    # On the gateways only, not on the VIPs that share their port (issue 17's exposure).
+    assert "listen-address=198.19.0.1\nlisten-address=198.19.0.33\n" in text
+    assert "\ninterface=" not in text and "bind-dynamic\n" in text
     assert "dhcp-range=set:s0,198.19.0.0,static,255.255.255.240,12h\n" in text
     assert "dhcp-option=tag:s1,option:router,198.19.0.33\n" in text
     assert "domain=dev-team.pacific.internal\n" in text
