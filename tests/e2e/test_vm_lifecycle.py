@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import secrets
 import signal
 import socket
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
@@ -23,12 +26,15 @@ from hypervisor import ovs
 from hypervisor.ssh import generate_keypair, run_command
 from tests.e2e.conftest import kubeconfig_for
 from tests.support.kubectl import Kubectl
+from tests.support.listeners import Listener, listeners, process_group
 from tests.support.server import LabServer, NetworkLab
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
 KUBECTL = Path("/usr/bin/kubectl")
+#: A cloud-init secret: it must reach the VM and no log of the lab (issue 17).
+SECRET = f"cloud-init-secret-{secrets.token_hex(12)}"
 BOOT_TIMEOUT = 600  # a full Debian boot to SSH is 100-120 s under TCG; generous for CI
 
 
@@ -72,7 +78,8 @@ def test_vm_lifecycle(vmnet: NetworkLab, tmp_path: Path) -> None:
                               "sudo": "ALL=(ALL) NOPASSWD:ALL",
                               "ssh_authorized_keys": [public]}],
         "write_files": [{"path": "/srv/hello.txt", "content": "hello from cloud-init\n",
-                         "permissions": "0644"}]})
+                         "permissions": "0644"},
+                        {"path": "/srv/secret.txt", "content": SECRET, "permissions": "0600"}]})
     manifest = tmp_path / "web.yaml"
     manifest.write_text(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-1-cloud-init"},
@@ -103,7 +110,7 @@ def test_vm_lifecycle(vmnet: NetworkLab, tmp_path: Path) -> None:
     rc, out, _ = run_command(ip, "alice", private, "cloud-init status --wait", 600,
                              known_hosts=known)
     assert rc == 0 and "done" in out
-    vnet = on_the_namespace_network(kc, ns, config, ip, private, known)
+    vnet, on_vip = on_the_namespace_network(kc, ns, config, ip, private, known)
     # `lab ssh` with the appliance's own key for the VM.
     proc = subprocess.run([*vmlab_cli(vmlab), "ssh", "vm", f"{ns}/web-1", "--kubeconfig",
                            str(kc.kubeconfig), "hostname"], env=vmlab.env, capture_output=True,
@@ -113,6 +120,12 @@ def test_vm_lifecycle(vmnet: NetworkLab, tmp_path: Path) -> None:
                               str(kc.kubeconfig)], env=vmlab.env, capture_output=True,
                              timeout=60)
     assert b"cloud-init" in console.stdout
+    exposure(vmlab, dom, vnet, vip=on_vip)
+    rc, out, _ = run_command(ip, "alice", private, "sudo cat /srv/secret.txt", 60,
+                             known_hosts=known)
+    assert rc == 0 and out == SECRET
+    no_secret_in_logs(vmlab, [SECRET, vmlab.admin_token(), vmlab.admin_credentials[1]])
+    nothing_secret_for_a_viewer(vmlab, ns, tmp_path)
     # Immutable fields stay immutable.
     bad = kc.run("patch", "vm", "web-1", "-n", ns, "--type", "merge",
                  "-p", '{"spec":{"className":"best-effort-small"}}', check=False)
@@ -161,10 +174,10 @@ def test_vm_lifecycle(vmnet: NetworkLab, tmp_path: Path) -> None:
 
 
 def on_the_namespace_network(kc: Kubectl, ns: str, config: NetworkConfig, ip: str, private: str,
-                             known: Path) -> dict:
+                             known: Path) -> tuple[dict, str]:
     """web-1 has its address from the namespace's subnet, on the segment's VLAN, with the
     namespace's gateway and DNS, and answers SSH through the VirtualMachineService's VIP;
-    the VirtualNetwork's status."""
+    the VirtualNetwork's status and the VIP."""
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(config.pool_cidr)
     vnet = json.loads(kc.run("get", "virtualnetwork", "default", "-n", ns, "-o",
                              "json").stdout)["status"]
@@ -197,7 +210,70 @@ def on_the_namespace_network(kc: Kubectl, ns: str, config: NetworkConfig, ip: st
     assert wait_for("SSH through the VIP", banner, 60, 1.0).startswith("SSH-2.0")
     rc, out, err = run_command(address, "alice", private, "hostname", 60, known_hosts=known)
     assert rc == 0 and "web-1" in out, err
-    return vnet
+    return vnet, address
+
+
+def nothing_secret_for_a_viewer(lab: LabServer, ns: str, tmp_path: Path) -> None:
+    """A user with the view role on the namespace reads its workloads, but neither the
+    cloud-init Secret nor anything that carries it (issue 17)."""
+    password = secrets.token_urlsafe(16)
+    lab.add_user("vic", password)
+    lab.lab("grant", ns, "vic", "view")
+    token = lab.login("vic", password)["token"]
+    viewer = Kubectl(KUBECTL, lab.kubeconfig(tmp_path / "vic.kubeconfig", token, ns),
+                     tmp_path / "vic-cache")
+    seen = viewer.run("get", "vm,vmservice,virtualnetworkinterfaces,virtualnetworks,"
+                      "configmaps,events", "-o", "json").stdout
+    assert '"web-1"' in seen
+    assert SECRET not in seen and "secret.txt" not in seen
+    denied = viewer.run("get", "secret", "web-1-cloud-init", check=False)
+    assert denied.returncode == 1 and "forbidden" in denied.stderr
+
+
+def no_secret_in_logs(lab: LabServer, values: list[str]) -> None:
+    """No token, password or cloud-init secret in any log the lab writes: its service
+    log, its Ansible runs' output, the VMs' consoles (issue 17)."""
+    logs = [p for p in lab.state_dir.rglob("*") if p.is_file() and not p.is_symlink() and (
+        p.suffix == ".log" or {"logs", "ansible", "consoles"} & set(p.relative_to(
+            lab.state_dir).parts[:-1]))]
+    assert any(p.name == "test-service.log" for p in logs), logs
+    found = [f"{p.relative_to(lab.state_dir)} holds secret #{i}" for p in logs
+             for i, value in enumerate(values) if value.encode() in p.read_bytes()]
+    assert not found, found
+
+
+def exposure(lab: LabServer, dom: str, vnet: dict, vip: str) -> None:
+    """Issue 17's exposure check, with a VM, its namespace's network and a load balancer
+    up: beyond loopback the lab listens only where it means to. The test lab's API and
+    dashboard are bound to loopback (``LAB_API_BIND``); the namespace's dnsmasq answers
+    DNS and DHCP; HAProxy answers on the VirtualMachineService's VIP, on the port the
+    Service declares; QEMU listens on nothing beyond loopback (a console is a unix socket
+    or loopback VNC). Any other socket beyond loopback is a leak."""
+    assert lab.proc is not None
+    owners = {pid: "the host service" for pid in process_group(os.getpgid(lab.proc.pid))}
+    for pidfile in lab.state_dir.rglob("*.pid"):
+        text = pidfile.read_text().strip()
+        if text.isdigit():
+            owners[int(text)] = pidfile.stem  # dnsmasq, haproxy
+    qemu_pid = Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip()
+    owners[int(qemu_pid)] = "qemu"
+    def meant(name: str, x: Listener) -> bool:
+        if name == "dnsmasq":  # on its segment only: the gateway, or the port's link-local
+            on_segment = str(x.address) == vnet["gateway"] or x.address.is_link_local
+            return (x.protocol, x.port) in {("udp", 53), ("tcp", 53)} and on_segment or (
+                (x.protocol, x.port) == ("udp", 67) and x.address.is_unspecified)
+        return name == "haproxy" and (x.protocol, str(x.address), x.port) == ("tcp", vip, 22)
+
+    found = [(owners[pid], x) for pid in owners for x in listeners(pid)]
+    assert any(name == "dnsmasq" for name, _ in found), found  # the check sees them
+    assert any(name == "haproxy" for name, _ in found), found
+    leaks = [f"{name}: {x}" for name, x in found if x.beyond_loopback and not meant(name, x)]
+    assert not leaks, f"listening beyond loopback (gateway {vnet['gateway']}, VIP {vip}):\n" \
+        + "\n".join(leaks)
+    graphics = ET.fromstring(virsh("dumpxml", dom)).findall("devices/graphics")
+    assert all(g.get("listen") in (None, "127.0.0.1") and all(
+        x.get("address") in (None, "127.0.0.1") for x in g.findall("listen"))
+        for g in graphics), virsh("dumpxml", dom)
 
 
 def test_restart_during_create_converges(vmlab: LabServer, tmp_path: Path) -> None:
