@@ -8,6 +8,7 @@ the dashboard) is an :class:`ApiError`; ``to_status()`` gives the body, and
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,33 @@ def unsupported_media_type(content_type: str) -> ApiError:
                     "the body of the request was in an unknown format - accepted media types "
                     "include: application/json-patch+json, application/merge-patch+json, "
                     "application/apply-patch+yaml")
+
+
+def insufficient_storage() -> ApiError:
+    return ApiError(507, "InsufficientStorage",
+                    "the supervisor's state disk is full: nothing was written; an "
+                    "administrator must free space on the lab host, then try again")
+
+
+#: PostgreSQL's SQLSTATE for disk_full.
+PG_DISK_FULL = "53100"
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error that caused it, says that the disk a write went to is
+    full: ``ENOSPC``/``EDQUOT``, SQLite's ``SQLITE_FULL`` ("database or disk is full"),
+    PostgreSQL's disk_full. SQLAlchemy keeps the driver's error in ``orig``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if PG_DISK_FULL in (getattr(exc, "sqlstate", None), getattr(exc, "pgcode", None)):
+            return True
+        if type(exc).__name__ == "OperationalError" and "database or disk is full" in str(exc):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 def internal(message: str) -> ApiError:

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from appliance import audit
-from appliance.errors import ApiError
+from appliance.errors import ApiError, disk_full, insufficient_storage
 
 from web import filters, security
 from web.lab import Lab, LogPaths
@@ -94,7 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = N
 
 TITLES = {400: "That did not work", 401: "Please log in", 403: "Not allowed", 404: "Not found",
           405: "Not allowed", 409: "Changed meanwhile", 413: "Too large",
-          422: "Not valid", 500: "Something went wrong"}
+          422: "Not valid", 500: "Something went wrong", 507: "The disk is full"}
 
 
 #: The dashboard's path words for the kinds they show, as the audit log names them.
@@ -162,3 +162,12 @@ def _error_pages(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError) -> Response | tuple[str, int]:
         return page(err.code if 400 <= err.code < 600 else 500, err.message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response | tuple[str, int]:
+        if disk_full(exc):  # the store rolled the write back: say why, as the API does
+            app.logger.error("refused %s %s: the state disk is full (%s)", request.method,
+                             request.path, exc)
+            return page(507, insufficient_storage().message)
+        app.logger.exception("internal error on %s %s", request.method, request.path)
+        return page(500, "The dashboard could not do that; the host service's log says why.")

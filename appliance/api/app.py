@@ -137,8 +137,13 @@ class ApiApp:
             response = _error(errors.ApiError(exc.code or 500, exc.name.replace(" ", ""),
                                               exc.description or exc.name))
         except Exception as exc:
-            LOG.exception("internal error on %s %s", request.method, request.path)
-            response = _error(errors.internal(type(exc).__name__))
+            if errors.disk_full(exc):  # refused whole: the store's transaction rolled back
+                LOG.error("refused %s %s: the state disk is full (%s)", request.method,
+                          request.path, exc)
+                response = _error(errors.insufficient_storage())
+            else:
+                LOG.exception("internal error on %s %s", request.method, request.path)
+                response = _error(errors.internal(type(exc).__name__))
         if not response.is_streamed:
             LOG.debug("%s %s -> %d (%.1f ms)", request.method, request.full_path,
                       response.status_code, (time.monotonic() - started) * 1000)

@@ -9,6 +9,7 @@ import logging
 import base64
 import html as html_lib
 import re
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -586,6 +587,29 @@ def test_a_failed_vm_create_removes_the_secret_it_made(lab: Any, monkeypatch: An
     assert resp.status_code == 409 and "already exists" in text(resp)
     monkeypatch.undo()
     assert names(sup, "", "secrets", "dev") == []
+
+
+def test_a_full_state_disk_is_said_plainly_and_anything_else_is_a_500_page(
+        lab: Any, monkeypatch: Any, caplog: Any) -> None:
+    sup, app, _ = lab
+    make_namespace(sup, "dev")
+    bootstrap.grant(sup.service, SYSTEM, "dev", "alice", "edit")
+    alice = Browser(app)
+    alice.login("alice", PASSWORDS["alice"])
+    failure: list[Exception] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise failure[0]
+
+    monkeypatch.setattr(sup.service, "create", refuse)
+    failure[:] = [sqlite3.OperationalError("database or disk is full")]
+    resp = alice.post("/ns/dev/vms/new", vm_form("web-1"))
+    assert resp.status_code == 507 and "state disk is full" in text(resp)
+    failure[:] = [KeyError("a bug")]
+    with caplog.at_level(logging.ERROR):
+        resp = alice.post("/ns/dev/vms/new", vm_form("web-1"))
+    assert resp.status_code == 500 and "KeyError" not in text(resp)
+    assert "internal error on POST /ns/dev/vms/new" in caplog.text
 
 
 def test_view_only_user_sees_no_controls_and_crafted_posts_are_refused(lab: Any) -> None:
