@@ -56,6 +56,10 @@ BOX = "pacific-lab/debian-12"
 GUEST_LAB = "sudo /home/vagrant/pacific-lab/.venv/bin/lab"
 GUEST_KUBECONFIG = "/var/lib/pacific-lab/admin.kubeconfig"
 VM_CPUS, VM_MEMORY_MIB = 2, 3072
+# A quarter of libvirt's default CPU weight: the scenario runs beside the end-to-end tier,
+# whose VMs are on the suite's critical path (`lab test` runs this lane at low weight too,
+# but the VM's QEMU is libvirt's child, not the lane's).
+VM_CPU_SHARES = 256
 # About 4x a quiet run (docs/benchmarks.md) and 2.5x a run beside the end-to-end tier
 # (second `up --provision` 682 s there): a stalled VM still fails inside CI's time.
 UP_TIMEOUT = 1800.0
@@ -251,6 +255,7 @@ class VagrantLab:
             "VAGRANT_DOTFILE_PATH": str(self.work / "dotfile"),
             "VAGRANT_CHECKPOINT_DISABLE": "1", "VAGRANT_BOX_UPDATE_CHECK_DISABLE": "1",
             "LAB_VM_CPUS": str(VM_CPUS), "LAB_VM_MEMORY_MIB": str(VM_MEMORY_MIB),
+            "LAB_VM_CPU_SHARES": str(VM_CPU_SHARES),
             "LAB_VAGRANT_API_PORT": str(self.api_port),
             "LAB_VAGRANT_DASHBOARD_PORT": str(self.dashboard_port),
             "LAB_VAGRANT_NETWORK": self.network, "LAB_VAGRANT_SUBNET": self.subnet,
@@ -351,6 +356,7 @@ def lab() -> Iterator[VagrantLab]:
     finally:
         lab.cleanup()
         lab.timings["vm"] = {"cpus": VM_CPUS, "memory_mib": VM_MEMORY_MIB,
+                             "cpu_shares": VM_CPU_SHARES,
                              "host_accelerator": host_accelerator()}
         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
         ARTIFACT.write_text(json.dumps(lab.timings, indent=2) + "\n")
@@ -371,6 +377,8 @@ def test_up_boots_the_local_box_and_provisions_with_ansible(lab: VagrantLab) -> 
     assert recap["failed"] == 0 and recap["unreachable"] == 0, recap
     assert "Running provisioner: lab-up" in first.text
     assert "Admin kubeconfig: /var/lib/pacific-lab/admin.kubeconfig" in first.text
+    assert re.search(rf"-- Shares:\s+{VM_CPU_SHARES}\b", first.text)
+    assert f"<shares>{VM_CPU_SHARES}</shares>" in virsh("dumpxml", f"{lab.prefix}lab")
 
     # The box trusts this install's key, and nothing else.
     authorized = lab.ssh("cat ~/.ssh/authorized_keys").strip().splitlines()
@@ -485,7 +493,8 @@ def _validate(tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("env", [{}, {"LAB_VM_DRIVER": "kvm"}, {"LAB_VM_DRIVER": "qemu"},
                                  {"LAB_VAGRANT_BOX_FALLBACK": "1"},
-                                 {"LAB_VM_CPUS": "2", "LAB_VM_MEMORY_MIB": "3072"}])
+                                 {"LAB_VM_CPUS": "2", "LAB_VM_MEMORY_MIB": "3072",
+                                  "LAB_VM_CPU_SHARES": "256"}])
 def test_vagrantfile_validates(tmp_path: Path, env: dict[str, str]) -> None:
     proc = _validate(tmp_path, **env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -496,6 +505,13 @@ def test_vagrantfile_refuses_a_bad_driver(tmp_path: Path) -> None:
     proc = _validate(tmp_path, LAB_VM_DRIVER="xen")
     assert proc.returncode != 0
     assert 'LAB_VM_DRIVER must be kvm or qemu, not "xen"' in proc.stdout + proc.stderr
+
+
+def test_vagrantfile_refuses_a_bad_cpu_weight(tmp_path: Path) -> None:
+    proc = _validate(tmp_path, LAB_VM_CPU_SHARES="1")
+    assert proc.returncode != 0
+    assert 'LAB_VM_CPU_SHARES must be a whole number from 2 to 262144, not "1"' in \
+        proc.stdout + proc.stderr
 
 
 def test_up_without_the_local_box_says_how_to_build_it(tmp_path: Path) -> None:
