@@ -49,6 +49,7 @@ import requests  # noqa: E402
 from appliance.store.db import make_engine, migrate  # noqa: E402
 from appliance.store.repo import Key, Store  # noqa: E402
 from appliance.util.timefmt import now_rfc3339  # noqa: E402
+from tests.support.listeners import processes  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.server import LabServer  # noqa: E402
 
@@ -150,15 +151,7 @@ def _proc_cpu(pid: int) -> float:
 
 def tree_cpu(root_pids: list[int]) -> float:
     """CPU seconds of the given processes and all their descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    parents = {pid: int(fields[1]) for pid, _, fields in processes()}
     wanted = set(root_pids)
     grew = True
     while grew:

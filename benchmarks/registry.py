@@ -74,6 +74,7 @@ import yaml  # noqa: E402
 from appliance.pki import ensure_pki  # noqa: E402
 from appliance.registry import SERVICE, TOKEN_PATH  # noqa: E402
 from hypervisor.proc import run  # noqa: E402
+from tests.support.listeners import processes  # noqa: E402
 from tests.support.registry import LocalRegistry, free_port  # noqa: E402
 from tests.support.server import LabServer  # noqa: E402
 
@@ -162,17 +163,8 @@ def proc_cpu(pid: int | None) -> float:
 
 
 def child_named(parent: int, name: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        if comm == name[:15] and int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
-            return int(entry.name)
-    return None
+    return next((pid for pid, comm, fields in processes()
+                 if comm == name[:15] and int(fields[1]) == parent), None)
 
 
 def children_cpu() -> float:

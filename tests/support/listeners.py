@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,10 @@ def listeners(pid: int) -> list[Listener]:
     return found
 
 
-def process_group(pgid: int) -> set[int]:
-    """The processes of one process group (a lab server and what it started)."""
-    found = set()
+def processes() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the fields of ``/proc/<pid>/stat`` after the name) of every
+    process that is still there when read: ``fields[1]`` is the parent, ``fields[2]``
+    the process group, ``fields[11:15]`` the CPU times in clock ticks."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -85,7 +87,10 @@ def process_group(pgid: int) -> set[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # state, ppid, pgrp
-            found.add(int(entry.name))
-    return found
+        name_end = stat.rindex(")")
+        yield int(entry.name), stat[stat.index("(") + 1:name_end], stat[name_end + 2:].split()
+
+
+def process_group(pgid: int) -> set[int]:
+    """The processes of one process group (a lab server and what it started)."""
+    return {pid for pid, _, fields in processes() if int(fields[2]) == pgid}
