@@ -257,6 +257,7 @@ def exposure(lab: LabServer, dom: str, vnet: dict, vip: str) -> None:
             owners[int(text)] = pidfile.stem  # dnsmasq, haproxy
     qemu_pid = Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip()
     owners[int(qemu_pid)] = "qemu"
+
     def meant(name: str, x: Listener) -> bool:
         if name == "dnsmasq":  # on its segment only: the gateway, or the port's link-local
             on_segment = str(x.address) == vnet["gateway"] or x.address.is_link_local
