@@ -43,6 +43,8 @@ from appliance.util.timefmt import now_rfc3339, rfc3339
 
 LOG = logging.getLogger(__name__)
 
+WATCH_BATCH = 1000  # watch-log events a watch reads at once
+
 SYSTEM = UserInfo("system:apiserver", (MASTERS,))
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -239,13 +241,13 @@ class ObjectService:
                 quiet_since = clock()
                 yield None
             if changed:
-                with self.store.read() as txn:
-                    if last < txn.compacted():
+                with self.store.read() as txn:  # one snapshot: nothing is newer than newest
+                    newest, compacted = txn.counters()
+                    if last < compacted:
                         yield WatchEvent("ERROR", errors.gone(
-                            f"too old resource version: {last} ({txn.compacted()})").to_status())
+                            f"too old resource version: {last} ({compacted})").to_status())
                         return
-                    newest = txn.revision()  # first: events after it are for the next read
-                    events = txn.events_after(last, t.group, t.plural)
+                    events = txn.events_after(last, t.group, t.plural, limit=WATCH_BATCH)
                 for ev in events:
                     last = ev.rv
                     if ns is not None and ev.key.namespace != ns:
@@ -253,9 +255,9 @@ class ObjectService:
                     if match(ev.body):
                         quiet_since = clock()
                         yield WatchEvent(ev.type, t.kind.convert_from_storage(ev.body, t.version))
-                if events:
+                if len(events) == WATCH_BATCH:
                     continue  # there may be more than one read returns
-                last = max(last, newest)
+                last = max(last, newest)  # every event of the snapshot was read
             # Until something newer than ``last`` may hold this kind's events (the store
             # knows this process's commits, and polls for other processes'), or the next
             # heartbeat is due. A heartbeat reads nothing from the database.

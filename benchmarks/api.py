@@ -13,6 +13,11 @@ The ceiling is the same writes done directly through the store
 with 1 and 16 threads, measured while the host service is not running; the
 ratio API/ceiling shows what HTTP, TLS, authentication and admission cost.
 
+The HTTP floor is the same POSTs, from the same clients, to a WSGI app that
+only reads the body and answers 201 with a ConfigMap, served by cheroot with
+the host service's TLS, threads and backlog in a process of its own: what the
+transport alone allows, with no store and no API behind it.
+
     .venv/bin/python benchmarks/api.py --out docs/benchmarks-api.json
 
 Every loop is bounded by an operation count and a deadline; everything
@@ -97,12 +102,16 @@ class Row:
     watch: Latency
     ceiling_creates: Rate
     ceiling_gets: Rate
+    floor_posts: Rate
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "clients": self.clients,
                 "creates": self.creates.to_dict(), "gets": self.gets.to_dict(),
                 "watch": asdict(self.watch), "ceiling_creates": self.ceiling_creates.to_dict(),
                 "ceiling_gets": self.ceiling_gets.to_dict(),
+                "http_floor_posts": self.floor_posts.to_dict(),
+                "create_to_floor_ratio": round(self.creates.per_second
+                                               / max(self.floor_posts.per_second, 1e-9), 3),
                 "create_ratio": round(self.creates.per_second
                                       / max(self.ceiling_creates.per_second, 1e-9), 3),
                 "get_ratio": round(self.gets.per_second
@@ -436,6 +445,76 @@ def ceiling(url: str, limits: Limits) -> dict[int, tuple[Rate, Rate]]:
         engine.dispose()
 
 
+# -- the HTTP floor ---------------------------------------------------------------------------
+
+
+def serve_floor(directory: Path) -> None:
+    """The floor's server (``--floor-server DIR``): cheroot with the host service's TLS,
+    threads and backlog, answering every POST with 201 and a ConfigMap; its port is
+    written to ``DIR/port``."""
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    from appliance.pki import ensure_pki
+    from appliance.service import API_THREADS, LISTEN_BACKLOG
+
+    pki = ensure_pki(directory / "pki", ["localhost"], ["127.0.0.1"])
+    answer = json.dumps(stored_configmap("floor", 0)).encode()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("201 Created", [("Content-Type", "application/json"),
+                                       ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=API_THREADS, timeout=60,
+                         request_queue_size=LISTEN_BACKLOG)
+    server.ssl_adapter = BuiltinSSLAdapter(str(pki.server_cert), str(pki.server_key))
+    server.prepare()
+    (directory / "port").write_text(str(server.bind_addr[1]))
+    server.serve()
+
+
+def http_floor(work: Path, limits: Limits) -> dict[int, Rate]:
+    """POSTs/s against the floor's server with 1 and 16 clients."""
+    import subprocess
+
+    directory = work / "floor"
+    directory.mkdir()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                             "--floor-server", str(directory)])
+    try:
+        port_file = directory / "port"
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the HTTP floor's server did not start")
+            time.sleep(0.1)
+        url = f"https://127.0.0.1:{port_file.read_text()}{CM_PATH}"
+
+        def session(_i: int) -> requests.Session:
+            s = requests.Session()
+            s.trust_env = False
+            s.verify = str(directory / "pki" / "ca.crt")
+            s.post(url, json=configmap_body("warm", 0), timeout=30).raise_for_status()
+            return s
+
+        def op(s: requests.Session, i: int, j: int) -> None:
+            r = s.post(url, json=configmap_body(f"f{i}-{j}", j), timeout=60)
+            if r.status_code != 201:
+                raise RuntimeError(f"POST: {r.status_code}")
+
+        out = {}
+        for clients in (1, 16):
+            max_ops = limits.max_ops_1 if clients == 1 else limits.max_ops_n
+            out[clients] = run_threads(clients, max_ops, limits.duration, session, op,
+                                       lambda: tree_cpu([proc.pid]))
+        return out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # -- one backend ------------------------------------------------------------------------------
 
 
@@ -450,7 +529,8 @@ def start_service(state_dir: Path, database_url: str = "") -> LabServer:
 
 
 def bench_backend(backend: str, api_url: str, ceiling_url: str, work: Path,
-                  limits: Limits, extra_cpu_pids: list[int]) -> list[Row]:
+                  limits: Limits, extra_cpu_pids: list[int], floor: dict[int, Rate]
+                  ) -> list[Row]:
     note(f"[{backend}] ceiling through the store")
     ceil = ceiling(ceiling_url, limits)
     note(f"[{backend}] starting the host service")
@@ -470,7 +550,8 @@ def bench_backend(backend: str, api_url: str, ceiling_url: str, work: Path,
             gets = api_gets(api, names, clients, limits)
             note(f"[{backend}] {clients} client(s): watch latency")
             watch = api_watch_latency(api, f"w{clients}", clients, limits)
-            rows.append(Row(backend, clients, creates, gets, watch, *ceil[clients]))
+            rows.append(Row(backend, clients, creates, gets, watch, *ceil[clients],
+                            floor[clients]))
     finally:
         if server.proc is not None and server.proc.poll() is not None:
             note(f"[{backend}] the host service exited early ({server.proc.returncode}):\n"
@@ -490,7 +571,8 @@ def _f(value: float | None, digits: int = 0) -> str:
 
 def markdown(rows: list[Row]) -> str:
     head = ("| backend | clients | creates/s | ceiling creates/s | API/ceiling | gets/s "
-            "| ceiling gets/s | API/ceiling | watch latency p50 / p95 ms "
+            "| ceiling gets/s | API/ceiling | HTTP floor POSTs/s | creates/floor "
+            "| watch latency p50 / p95 ms "
             "| POST round trip p50 / p95 ms | watch events seen "
             "| CPU during creates: service / client |")
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
@@ -505,6 +587,8 @@ def markdown(rows: list[Row]) -> str:
             f"| {c.per_second / max(r.ceiling_creates.per_second, 1e-9):.2f} "
             f"| {_f(r.gets.per_second)} | {_f(r.ceiling_gets.per_second)} "
             f"| {r.gets.per_second / max(r.ceiling_gets.per_second, 1e-9):.2f} "
+            f"| {_f(r.floor_posts.per_second)} "
+            f"| {c.per_second / max(r.floor_posts.per_second, 1e-9):.2f} "
             f"| {_f(w.median_ms, 1)} / {_f(w.p95_ms, 1)} "
             f"| {_f(w.post_median_ms, 1)} / {_f(w.post_p95_ms, 1)} "
             f"| {w.received}/{w.events} | {cpu} |")
@@ -539,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(default 3000)")
     parser.add_argument("--events", type=int, default=200,
                         help="watch events measured per run (default 200)")
+    parser.add_argument("--floor-server", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.floor_server:
+        serve_floor(args.floor_server)
+        return 0
     limits = Limits(args.duration, args.max_ops, args.max_ops_concurrent, args.events)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - {"sqlite", "postgres"}
@@ -552,15 +640,18 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     pg_version = None
     try:
+        note("the HTTP floor")
+        floor = http_floor(work, limits)
         if "sqlite" in backends:
             rows += bench_backend("sqlite", "", f"sqlite:///{work / 'ceiling.db'}", work,
-                                  limits, [])
+                                  limits, [], floor)
         if "postgres" in backends:
             with PostgresServer(database="bench_api") as pg:
                 pg_version = pg.bin_dir.parent.name
                 ceiling_url = pg.create_database("bench_ceiling")
                 assert pg.pid is not None
-                rows += bench_backend("postgres", pg.url, ceiling_url, work, limits, [pg.pid])
+                rows += bench_backend("postgres", pg.url, ceiling_url, work, limits, [pg.pid],
+                                      floor)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = time.monotonic() - started

@@ -18,6 +18,7 @@ Resource names understood in ``spec.hard``:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -65,7 +66,14 @@ def consumption(kind: Kind, obj: Obj | None, lookup: Lookup) -> dict[str, Decima
 
 
 def _quotas(txn: WriteTxn, namespace: str) -> list[Obj]:
-    return list(txn.iterate("", "resourcequotas", namespace))
+    """The namespace's ResourceQuotas, read once per transaction (a create checks them and
+    then refreshes their status) unless the transaction wrote a quota since."""
+    key = ("resourcequotas", namespace)
+    writes = txn.writes_to("", "resourcequotas")
+    seen = txn.memo.get(key)
+    if seen is None or seen[0] != writes:
+        seen = txn.memo[key] = (writes, list(txn.iterate("", "resourcequotas", namespace)))
+    return copy.deepcopy(seen[1])
 
 
 def usage(txn: WriteTxn, registry: Registry, namespace: str, names: set[str]) -> dict[str, Decimal]:

@@ -172,7 +172,7 @@ class ApiApp:
             raise errors.unauthorized()
         token = header[7:].strip()
         with self.store.read() as txn:
-            user = users.resolve_token(txn.session, token)
+            user = users.resolve_token(txn.connection, token)
         if user is None:
             raise errors.unauthorized()
         return user

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -123,14 +123,23 @@ def issue_token(session: Session, name: str, ttl_seconds: int) -> tuple[str, dat
     return token, expires
 
 
-def resolve_token(session: Session, token: str) -> UserInfo | None:
-    row = session.get(Token, _hash_token(token))
-    if row is None or _aware(row.expires_at) <= _now():
+# Every API request resolves its token: one prebuilt statement, not two ORM lookups.
+_TOKENS, _USERS = Token.__table__, User.__table__
+_RESOLVE = (select(_USERS.c.name, _USERS.c.groups, _USERS.c.disabled, _TOKENS.c.expires_at)
+            .select_from(_TOKENS.join(_USERS, _USERS.c.name == _TOKENS.c.user))
+            .where(_TOKENS.c.token_hash == bindparam("token_hash")))
+
+
+def resolve_token(db: Session | Connection, token: str) -> UserInfo | None:
+    """Who holds ``token``, if it is valid: ``db`` is a transaction's connection (what a
+    request uses: no ORM session is made) or a session (its pending tokens count)."""
+    if isinstance(db, Session):
+        db.flush()
+        db = db.connection()
+    row = db.execute(_RESOLVE, {"token_hash": _hash_token(token)}).first()
+    if row is None or row.disabled or _aware(row.expires_at) <= _now():
         return None
-    user = session.get(User, row.user)
-    if user is None or user.disabled:
-        return None
-    return UserInfo(user.name, (*user.groups, AUTHENTICATED))
+    return UserInfo(row.name, (*row.groups, AUTHENTICATED))
 
 
 def revoke_tokens(session: Session, name: str) -> None:

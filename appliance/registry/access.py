@@ -88,7 +88,7 @@ class Access:
         scheme, _, value = authorization.partition(" ")
         with self.service.store.read() as txn:
             if scheme.lower() == "bearer":
-                user = users.resolve_token(txn.session, value.strip())
+                user = users.resolve_token(txn.connection, value.strip())
                 if user is None:
                     raise Unauthenticated("invalid or expired token")
                 return user
@@ -101,11 +101,11 @@ class Access:
                 # A user name with colons (a host agent's "system:node:NAME") cannot be
                 # told from the secret in Basic credentials: the token may be what follows
                 # the last colon, if it belongs to exactly that user.
-                user = users.resolve_token(txn.session, tail)
+                user = users.resolve_token(txn.connection, tail)
                 if user is not None and user.name == f"{name}:{head}":
                     return user
             if secret.startswith(users.TOKEN_PREFIX):
-                user = users.resolve_token(txn.session, secret)
+                user = users.resolve_token(txn.connection, secret)
                 if user is None or user.name != name:
                     raise Unauthenticated(f"invalid or expired token for {name[:64]!r}")
                 return user

@@ -581,21 +581,21 @@ def test_object_watch_delivers_a_write_committed_during_its_poll(
     stream = service.watch(SYSTEM, target, str(start), timeout=2.0)
 
     # Another writer commits a ConfigMap while the watch loop polls: the loop's
-    # revision() and events_after() must agree (one snapshot), or the event is lost.
-    real_revision = ReadTxn.revision
+    # counters() and events_after() must agree (one snapshot), or the event is lost.
+    real_counters = ReadTxn.counters
     armed = [True]
     me = threading.current_thread()
 
-    def revision(self: ReadTxn) -> int:
+    def counters(self: ReadTxn) -> tuple[int, int]:
         if armed[0] and threading.current_thread() is me:
             armed[0] = False
             writer = threading.Thread(target=service.create, args=(SYSTEM, target, {
                 "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}))
             writer.start()
             writer.join(DEADLINE)
-        return real_revision(self)
+        return real_counters(self)
 
-    monkeypatch.setattr(ReadTxn, "revision", revision)
+    monkeypatch.setattr(ReadTxn, "counters", counters)
     names = []
     for ev in stream:
         if ev is not None:
@@ -663,3 +663,36 @@ def test_a_postgresql_engine_shares_the_server_and_notices_a_dead_one(
             "keepalives_count": 3}
     finally:
         engine.dispose()
+
+
+def test_a_transaction_reads_a_namespace_s_quotas_once_until_it_writes_one(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create checks the namespace's quotas and then refreshes their status: one read of
+    them. A quota written in the same transaction is seen by the next check."""
+    from appliance.admission import quota
+
+    service, configmaps = _service_with_namespace(backend, "m")
+    reads: list[tuple[str, str | None]] = []
+    real_iterate = ReadTxn.iterate
+
+    def iterate(self: ReadTxn, group: str, resource: str, namespace: str | None = None,
+                **kw: object) -> Iterator[dict]:
+        if resource == "resourcequotas":
+            reads.append((resource, namespace))
+        return real_iterate(self, group, resource, namespace, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReadTxn, "iterate", iterate)
+    service.create(SYSTEM, configmaps, {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "one"}})
+    assert reads == [("resourcequotas", "m")]
+
+    with backend.store.write() as txn:
+        assert quota._quotas(txn, "m") == []
+        txn.create(Key("", "resourcequotas", "m", "late"), {
+            "metadata": {"name": "late", "namespace": "m", "uid": str(uuid.uuid4())},
+            "spec": {"hard": {"count/configmaps": "1"}}})
+        assert [q["metadata"]["name"] for q in quota._quotas(txn, "m")] == ["late"]
+        # What a caller does to the list it got is not what the next caller gets.
+        quota._quotas(txn, "m")[0]["spec"]["hard"]["count/configmaps"] = "99"
+        assert quota._quotas(txn, "m")[0]["spec"]["hard"] == {"count/configmaps": "1"}
+    assert len(reads) == 3
