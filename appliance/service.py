@@ -23,7 +23,7 @@ from typing import Any
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from appliance import kubeconfig
+from appliance import hostdaemons, kubeconfig
 from appliance.agent.agent import HostAgent
 from appliance.api.app import ApiApp
 from appliance.auth import bootstrap, users
@@ -141,6 +141,9 @@ class HostService:
         s = self.settings
         for d in (s.state_dir, s.log_dir, s.run_dir):
             d.mkdir(parents=True, exist_ok=True)
+        if s.role == "embedded" and s.keep_host_daemons and \
+                not hostdaemons.service_manager_present():
+            self._thread(hostdaemons.HostDaemons(s).run, "host-daemons")
         if s.role == "embedded":
             from appliance.controlplane.placement import Placement
 

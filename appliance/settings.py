@@ -63,6 +63,9 @@ class Settings:
     # control-plane VM (appliance.controlplane): the API and the controllers, no host
     # agents, and a certificate issued by the host's CA instead of a CA of its own.
     role: str = "embedded"
+    # On a lab host without a service manager, start libvirt's and Open vSwitch's daemons
+    # again when they die (appliance.hostdaemons); systemd does it where it runs.
+    keep_host_daemons: bool = True
     project_root: Path = PROJECT_ROOT
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -147,7 +150,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_tag": str, "network_uplink": str, "network_dns_domain": str,
     "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
     "registry_enabled": _flag, "registry_port": int, "registry_token_ttl_seconds": int,
-    "role": str,
+    "role": str, "keep_host_daemons": _flag,
 }
 ROLES = ("embedded", "control-plane")
 

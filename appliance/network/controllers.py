@@ -412,8 +412,11 @@ class VirtualNetworkController(Controller):
         return result
 
     def ensure_host(self) -> None:
-        if self.host_ready and ovsview.bridge_exists(self.config.bridge):
-            return
+        if self.host_ready:
+            drift = ovsview.host_drift(self.config)
+            if not drift:
+                return
+            LOG.info("integration bridge %s drifted: %s", self.config.bridge, "; ".join(drift))
         self.run_playbook(hostconfig.HOST_PLAYBOOK,
                           hostconfig.host_vars(self.config, self.datapath,
                                                self.install_packages), None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from appliance.network import flows as flowlib
+from appliance.network.config import BASE_COOKIE, NetworkConfig
 from appliance.network.hostconfig import NamespaceHost
 from hypervisor import ovs
 
@@ -26,6 +28,19 @@ def ports(bridge: str) -> list[ovs.OvsPort]:
 
 def has_address(link: str, address: str) -> bool:
     return any(a.split("/")[0] == address for a in ovs.link_addresses(link))
+
+
+def host_drift(config: NetworkConfig) -> list[str]:
+    """What differs between the bridge-wide configuration and this host ([] when nothing
+    does): the bridge, and its pipeline, which lives only in ovs-vswitchd (a restarted
+    ovs-vswitchd has the bridge back from its database, and no flows)."""
+    if not ovs.bridge_exists(config.bridge):
+        return [f"bridge {config.bridge} is missing"]
+    flows = ovs.dump_flows(config.bridge, BASE_COOKIE)
+    expected = len(flowlib.base_flows())
+    if len(flows) != expected:
+        return [f"{len(flows)} flows under cookie {BASE_COOKIE:#x}, {expected} expected"]
+    return []
 
 
 def drift(host: NamespaceHost) -> list[str]:

@@ -59,7 +59,8 @@ def vmnet() -> Iterator[NetworkLab]:
     """A host service with namespace networks (OVS, dnsmasq, HAProxy on a bridge of its own)
     whose library holds the debian-12 image: a full VM's life on its namespace's network."""
     _libvirt_answers()
-    with network_lab("vm") as net:
+    # This lab's host service keeps the host's daemons: the fault test kills them.
+    with network_lab("vm", extra_env={"LAB_KEEP_HOST_DAEMONS": "true"}) as net:
         yield net
 
 

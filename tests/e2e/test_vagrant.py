@@ -41,7 +41,7 @@ import requests
 import yaml
 
 from hypervisor.boximage import list_boxes
-from tests.support.hostnet import HostAddressesLock
+from tests.support.hostnet import HostAddressesLock, libvirtd_in_use
 
 pytestmark = pytest.mark.e2e
 
@@ -196,8 +196,13 @@ def _free_subnet() -> str:
 
 
 def virsh(*args: str) -> list[str]:
+    with libvirtd_in_use():
+        return _virsh(*args)
+
+
+def _virsh(*args: str, check: bool = True) -> list[str]:
     out = subprocess.run(["virsh", "-c", LIBVIRT, *args], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
+                         check=check, timeout=120).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
@@ -276,19 +281,21 @@ class VagrantLab:
                 network_changes: bool = False) -> Run:
         """``vagrant ARGS``; with ``network_changes``, the host's addresses are held steady
         for the others (``tests.support.hostnet``) until the domain starts, or to the end."""
-        run = stream(["vagrant", *args, "--no-color"], env=self.env(), cwd=VAGRANT_DIR,
-                     timeout=timeout,
-                     steady=HostAddressesLock() if network_changes else None,
-                     steady_until=MARKERS["start"] if args[:1] == ("up",) else None)
+        with libvirtd_in_use():  # vagrant-libvirt talks to libvirtd throughout
+            run = stream(["vagrant", *args, "--no-color"], env=self.env(), cwd=VAGRANT_DIR,
+                         timeout=timeout,
+                         steady=HostAddressesLock() if network_changes else None,
+                         steady_until=MARKERS["start"] if args[:1] == ("up",) else None)
         if name:
             self.runs[name] = run
             save(run, name)
         return run
 
     def ssh(self, command: str, timeout: float = 300) -> str:
-        proc = subprocess.run(["vagrant", "ssh", "lab", "--no-tty", "-c", command],
-                              cwd=VAGRANT_DIR, env=self.env(), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        with libvirtd_in_use():  # vagrant-libvirt asks libvirtd for the VM's address
+            proc = subprocess.run(["vagrant", "ssh", "lab", "--no-tty", "-c", command],
+                                  cwd=VAGRANT_DIR, env=self.env(), capture_output=True,
+                                  text=True, timeout=timeout, check=False)
         assert proc.returncode == 0, f"{command!r} in the VM: rc={proc.returncode}\n" \
                                      f"{proc.stdout}{proc.stderr}"
         return proc.stdout
@@ -316,15 +323,13 @@ class VagrantLab:
         """Destroy whatever is left, drop the box volume this test uploaded, remove state."""
         if any(self.leftovers().values()):
             self.vagrant("destroy", "-f", "lab", timeout=600, network_changes=True)
-        for pool, volume in box_volumes() - self.volumes_before:
-            subprocess.run(["virsh", "-c", LIBVIRT, "vol-delete", "--pool", pool, volume],
-                           capture_output=True, check=False, timeout=120)
-        if not self.pool_existed and "default" in virsh("pool-list", "--all", "--name") \
-                and len(virsh("vol-list", "default")) <= 2:
-            subprocess.run(["virsh", "-c", LIBVIRT, "pool-destroy", "default"],
-                           capture_output=True, check=False, timeout=60)
-            subprocess.run(["virsh", "-c", LIBVIRT, "pool-undefine", "default"],
-                           capture_output=True, check=False, timeout=60)
+        with libvirtd_in_use():
+            for pool, volume in box_volumes() - self.volumes_before:
+                _virsh("vol-delete", "--pool", pool, volume, check=False)
+            if not self.pool_existed and "default" in _virsh("pool-list", "--all", "--name") \
+                    and len(_virsh("vol-list", "default")) <= 2:
+                _virsh("pool-destroy", "default", check=False)
+                _virsh("pool-undefine", "default", check=False)
         shutil.rmtree(self.work, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.work.parent.rmdir()  # only when no other run's state is in it

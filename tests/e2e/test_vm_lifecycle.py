@@ -1,7 +1,8 @@
 """A VirtualMachine's whole life on real libvirt (TCG here, KVM where it works), on its
 namespace's network: apply with kubectl, Ready with an address from the namespace's subnet,
 gateway and DNS from cloud-init, SSH as the cloud-config's user on the segment and through
-a VirtualMachineService VIP, power off and on, drift repaired, delete leaves nothing
+a VirtualMachineService VIP, libvirtd and ovs-vswitchd killed and started again by the
+lab, power off and on, drift repaired, delete leaves nothing
 behind, and the namespace's deletion removes its network. One VM does all of it: a full
 boot costs 100-120 s under TCG."""
 
@@ -14,17 +15,20 @@ import secrets
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
 
+from appliance import hostdaemons
 from appliance.agent.vmnames import domain_name, vm_prefix
 from appliance.network.config import NetworkConfig
 from hypervisor import ovs
 from hypervisor.ssh import generate_keypair, run_command
 from tests.e2e.conftest import kubeconfig_for
+from tests.support.hostnet import host_addresses_steady, libvirtd_may_die
 from tests.support.kubectl import Kubectl
 from tests.support.listeners import Listener, listeners, process_group
 from tests.support.server import LabServer, NetworkLab
@@ -126,6 +130,7 @@ def test_vm_lifecycle(vmnet: NetworkLab, tmp_path: Path) -> None:
     assert rc == 0 and out == SECRET
     no_secret_in_logs(vmlab, [SECRET, vmlab.admin_token(), vmlab.admin_credentials[1]])
     nothing_secret_for_a_viewer(vmlab, ns, tmp_path)
+    daemons_killed_and_back(dom, on_vip)
     # Immutable fields stay immutable.
     bad = kc.run("patch", "vm", "web-1", "-n", ns, "--type", "merge",
                  "-p", '{"spec":{"className":"best-effort-small"}}', check=False)
@@ -201,16 +206,59 @@ def on_the_namespace_network(kc: Kubectl, ns: str, config: NetworkConfig, ip: st
     address = wait_for("a VIP", vip, 120, 1.0)
     assert ipaddress.ip_address(address) in ipaddress.ip_network(config.ingress_cidr)
 
-    def banner() -> str | None:
-        try:
-            with socket.create_connection((address, 22), timeout=3) as s:
-                return s.recv(64).decode(errors="replace")
-        except OSError:
-            return None
-    assert wait_for("SSH through the VIP", banner, 60, 1.0).startswith("SSH-2.0")
+    assert wait_for("SSH through the VIP", lambda: ssh_banner(address), 60, 1.0)
     rc, out, err = run_command(address, "alice", private, "hostname", 60, known_hosts=known)
     assert rc == 0 and "web-1" in out, err
     return vnet, address
+
+
+def ssh_banner(address: str) -> str | None:
+    """The SSH server's greeting at ``address``, if one answers."""
+    try:
+        with socket.create_connection((address, 22), timeout=3) as s:
+            greeting = s.recv(64).decode(errors="replace")
+    except OSError:
+        return None
+    return greeting if greeting.startswith("SSH-2.0") else None
+
+
+def daemons_killed_and_back(dom: str, vip: str) -> None:
+    """Issue 17's faults: libvirtd and ovs-vswitchd SIGKILLed under the running VM, and
+    nobody touches anything after. The host service starts them again
+    (``appliance.hostdaemons``: this host has no service manager); the VM's QEMU never
+    stops; what Open vSwitch lost with its daemon (the flows, the gateway port and its
+    addresses, the VIP among them) the network controllers' drift checks put back, so the
+    VM answers through its VirtualMachineService's VIP again. Other tests' libvirt commands
+    wait meanwhile (``tests.support.hostnet``)."""
+    qemu = int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip())
+    with libvirtd_may_die(), host_addresses_steady():
+        started = time.monotonic()
+        for pid, comm in ((p, _comm(p)) for p in _pids()):
+            if comm in ("libvirtd", "ovs-vswitchd"):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("libvirtd and ovs-vswitchd gone", lambda: not {"libvirtd", "ovs-vswitchd"}
+                 & {_comm(p) for p in _pids()}, 30, 0.1)
+        wait_for("the host service to start libvirtd and ovs-vswitchd again", lambda: not
+                 hostdaemons.missing(hostdaemons.running_commands()) and
+                 domain_state(dom) == "running", 120, 0.5)
+        daemons_back = time.monotonic() - started
+        wait_for("SSH through the VIP again", lambda: ssh_banner(vip), 240, 1.0)
+        network_back = time.monotonic() - started
+    assert Path(f"/proc/{qemu}").exists(), "the VM's QEMU died with the daemons"
+    assert int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip()) == qemu
+    print(f"\n[faults] libvirtd and ovs-vswitchd killed: running again after "
+          f"{daemons_back:.1f} s, the VM answers through its VIP after {network_back:.1f} s")
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def nothing_secret_for_a_viewer(lab: LabServer, ns: str, tmp_path: Path) -> None:

@@ -1,11 +1,17 @@
-"""Keep tests that change the host's addresses apart from a browser loading pages.
+"""Keep tests that disturb the host apart from tests that would notice.
 
-Chromium aborts a page load (``net::ERR_NETWORK_CHANGED``) when an address on the host
-appears or goes, as it does when libvirt makes or removes a network's bridge. ``lab test``
-runs ``vagrant up lab``'s scenario beside the end-to-end tier, so the dashboard's browser
-test holds this lock while it runs, and the Vagrant scenario holds it while Vagrant makes
-or removes its network. An ``flock`` on a file in the temporary directory: it goes with
-the process that holds it, however that process ends."""
+- **The host's addresses.** Chromium aborts a page load (``net::ERR_NETWORK_CHANGED``)
+  when an address on the host appears or goes, as it does when libvirt makes or removes a
+  network's bridge. ``lab test`` runs ``vagrant up lab``'s scenario beside the end-to-end
+  tier, so the dashboard's browser test holds this lock while it runs, and the Vagrant
+  scenario holds it while Vagrant makes or removes its network.
+- **libvirtd.** The fault test in ``tests/e2e/test_vm_lifecycle.py`` kills libvirtd (the
+  host service starts it again within seconds); a ``vagrant`` or ``virsh`` command that
+  talks to it meanwhile would fail. The Vagrant scenario holds this lock shared while its
+  commands run; the fault test takes it alone.
+
+Each is an ``flock`` on a file in the temporary directory: it goes with the process that
+holds it, however that process ends."""
 
 from __future__ import annotations
 
@@ -17,18 +23,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK = Path(tempfile.gettempdir()) / "pacific-lab-tests-host-addresses.lock"
+LIBVIRTD_LOCK = Path(tempfile.gettempdir()) / "pacific-lab-tests-libvirtd.lock"
 
 
 class HostAddressesLock:
-    """The lock, held from :meth:`acquire` until :meth:`release` (which may come early)."""
+    """A lock, held from :meth:`acquire` until :meth:`release` (which may come early);
+    ``shared``: with other shared holders."""
 
-    def __init__(self, path: Path = LOCK) -> None:
+    def __init__(self, path: Path = LOCK, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
         self._fd = fd
 
     def release(self) -> None:
@@ -41,6 +50,28 @@ class HostAddressesLock:
 @contextmanager
 def host_addresses_steady(path: Path = LOCK) -> Iterator[HostAddressesLock]:
     """No test that takes this lock changes the host's addresses meanwhile."""
+    lock = HostAddressesLock(path)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextmanager
+def libvirtd_in_use(path: Path = LIBVIRTD_LOCK) -> Iterator[HostAddressesLock]:
+    """Commands that talk to libvirtd run meanwhile: nobody kills it."""
+    lock = HostAddressesLock(path, shared=True)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextmanager
+def libvirtd_may_die(path: Path = LIBVIRTD_LOCK) -> Iterator[HostAddressesLock]:
+    """No test that takes :func:`libvirtd_in_use` talks to libvirtd meanwhile."""
     lock = HostAddressesLock(path)
     lock.acquire()
     try:

@@ -68,7 +68,10 @@ class LabServer:
                     "LAB_PUBLIC_HOST": "127.0.0.1", "PYTHONPATH": str(ROOT),
                     # namespace networks change the host (br-int, dnsmasq, nftables):
                     # a test that wants them sets LAB_NETWORK_* in extra_env
-                    "LAB_NETWORK_ENABLED": "false"})
+                    "LAB_NETWORK_ENABLED": "false",
+                    # Many test labs share the host's daemons; the one test that kills
+                    # them asks its lab to keep them (LAB_KEEP_HOST_DAEMONS in extra_env).
+                    "LAB_KEEP_HOST_DAEMONS": "false"})
         if self.database_url:
             env["LAB_DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
