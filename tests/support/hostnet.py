@@ -19,7 +19,7 @@ import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 LOCK = Path(tempfile.gettempdir()) / "pacific-lab-tests-host-addresses.lock"
@@ -48,33 +48,24 @@ class HostAddressesLock:
 
 
 @contextmanager
-def host_addresses_steady(path: Path = LOCK) -> Iterator[HostAddressesLock]:
+def _held(lock: HostAddressesLock) -> Iterator[HostAddressesLock]:
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def host_addresses_steady(path: Path = LOCK) -> AbstractContextManager[HostAddressesLock]:
     """No test that takes this lock changes the host's addresses meanwhile."""
-    lock = HostAddressesLock(path)
-    lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
+    return _held(HostAddressesLock(path))
 
 
-@contextmanager
-def libvirtd_in_use(path: Path = LIBVIRTD_LOCK) -> Iterator[HostAddressesLock]:
+def libvirtd_in_use(path: Path = LIBVIRTD_LOCK) -> AbstractContextManager[HostAddressesLock]:
     """Commands that talk to libvirtd run meanwhile: nobody kills it."""
-    lock = HostAddressesLock(path, shared=True)
-    lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
+    return _held(HostAddressesLock(path, shared=True))
 
 
-@contextmanager
-def libvirtd_may_die(path: Path = LIBVIRTD_LOCK) -> Iterator[HostAddressesLock]:
+def libvirtd_may_die(path: Path = LIBVIRTD_LOCK) -> AbstractContextManager[HostAddressesLock]:
     """No test that takes :func:`libvirtd_in_use` talks to libvirtd meanwhile."""
-    lock = HostAddressesLock(path)
-    lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
+    return _held(HostAddressesLock(path))

@@ -55,3 +55,22 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path: Path) -> None:
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_libvirtd_users_share_and_its_killer_waits_for_them(tmp_path: Path) -> None:
+    """The Vagrant scenario's commands hold libvirtd's lock together; the fault test that
+    kills libvirtd gets it only when none of them holds it."""
+    from tests.support.hostnet import libvirtd_in_use, libvirtd_may_die
+
+    path = tmp_path / "libvirtd.lock"
+    got = threading.Event()
+    with libvirtd_in_use(path), libvirtd_in_use(path):  # two users at once
+        def killer() -> None:
+            with libvirtd_may_die(path):
+                got.set()
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        assert not got.wait(0.5)
+    assert got.wait(10)
+    thread.join(10)
