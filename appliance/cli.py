@@ -414,6 +414,7 @@ def status() -> None:
     out.print(f"host service: {'running' if running else 'stopped'}")
     if running:
         _keeper_status(s)
+        _host_daemons_status(s)
     ready = running and _api_ready(s)
     if running:
         out.print(f"API: {'ready' if ready else 'not ready'} ({host_api_url(s)})")
@@ -448,6 +449,26 @@ def _keeper_status(s: Settings) -> None:
     if state.get("crash_loop"):
         out.print(f"crash loop: the host service keeps dying; the keeper waits "
                   f"{state.get('next_start_in') or 0:.0f} s between starts; see `lab logs`",
+                  markup=False, highlight=False)
+
+
+def _host_daemons_status(s: Settings) -> None:
+    """Restarts of libvirt's and Open vSwitch's daemons by the host service (hosts without
+    systemd: ``appliance.hostdaemons``)."""
+    from appliance import hostdaemons
+
+    state = hostdaemons.read_state(s)
+    if not state:
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in sorted((state.get("restarts") or {}).items()))
+    last = state.get("last") or {}
+    line = f"host daemons restarted: {counts or 'none'}"
+    if last:
+        line += f" (last: {', '.join(last.get('daemons') or [])} at {last.get('at')}, " \
+                f"{last.get('seconds')} s)"
+    out.print(line, markup=False, highlight=False)
+    if last.get("error"):
+        out.print(f"host daemons: the last start failed: {last['error']}; see `lab logs`",
                   markup=False, highlight=False)
 
 

@@ -17,14 +17,18 @@ ports) the network controllers' drift checks put back.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from appliance.ansible import PlaybookError, PlaybookResult, run_playbook
 from appliance.settings import Settings
+from appliance.util.files import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -65,6 +69,19 @@ def missing(running: set[str], wanted: tuple[str, ...] = WATCHED) -> list[str]:
 Runner = Callable[..., PlaybookResult]
 
 
+def state_file(settings: Settings) -> Path:
+    """What the watch says of its restarts, for ``lab status``."""
+    return settings.run_dir / "host-daemons.json"
+
+
+def read_state(settings: Settings) -> dict[str, Any] | None:
+    try:
+        data = json.loads(state_file(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class HostDaemons:
     """The watch over the host's daemons; :meth:`run` until ``stop`` is set."""
 
@@ -86,18 +103,27 @@ class HostDaemons:
         started = time.monotonic()
         try:
             result = self._runner(self.settings, PLAYBOOK, {}, timeout=300)
+            failure = "" if result.succeeded else (
+                result.failures[0].message if result.failures else result.status)
         except PlaybookError as exc:
-            LOG.error("cannot start the host daemons: %s", exc)
-            return False
-        if not result.succeeded:
-            failure = result.failures[0].message if result.failures else result.status
+            failure = str(exc)
+        seconds = time.monotonic() - started
+        if failure:
             LOG.error("starting the host daemons failed: %s", failure)
-            return False
-        for name in gone:
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-        LOG.warning("host daemons started again: %s (%.1f s)", ", ".join(gone),
-                    time.monotonic() - started)
-        return True
+        else:
+            for name in gone:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+            LOG.warning("host daemons started again: %s (%.1f s)", ", ".join(gone), seconds)
+        self._save({"restarts": self.restarts, "last": {
+            "daemons": gone, "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1), "error": failure}})
+        return not failure
+
+    def _save(self, state: dict[str, Any]) -> None:
+        try:
+            write_atomic(state_file(self.settings), (json.dumps(state) + "\n").encode(), 0o644)
+        except OSError as exc:
+            LOG.warning("cannot write %s: %s", state_file(self.settings), exc)
 
     def run(self, stop: threading.Event) -> None:
         delay = self.interval

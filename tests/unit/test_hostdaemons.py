@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from appliance import hostdaemons
@@ -37,31 +38,58 @@ class FakeRunner:
         return _result(self.ok)
 
 
-def _daemons(running: set[str], runner: FakeRunner) -> hostdaemons.HostDaemons:
-    return hostdaemons.HostDaemons(Settings(), runner=runner, running=lambda: running)
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(state_dir=tmp_path / "state")
+    settings.run_dir.mkdir(parents=True)  # as the host service makes it
+    return settings
 
 
-def test_nothing_runs_while_every_daemon_runs() -> None:
+def _daemons(settings: Settings, running: set[str], runner: FakeRunner
+             ) -> hostdaemons.HostDaemons:
+    return hostdaemons.HostDaemons(settings, runner=runner, running=lambda: running)
+
+
+def test_nothing_runs_while_every_daemon_runs(settings: Settings) -> None:
     runner = FakeRunner()
-    assert _daemons(ALL | {"bash"}, runner).check() is True
+    assert _daemons(settings, ALL | {"bash"}, runner).check() is True
     assert runner.calls == []
+    assert hostdaemons.read_state(settings) is None
 
 
-def test_a_dead_daemon_gets_the_playbook_and_is_counted() -> None:
+def test_a_dead_daemon_gets_the_playbook_and_is_counted(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     runner = FakeRunner()
-    daemons = _daemons(ALL - {"ovs-vswitchd", "libvirtd"}, runner)
+    daemons = _daemons(settings, ALL - {"ovs-vswitchd", "libvirtd"}, runner)
     assert daemons.check() is True
     assert runner.calls == [(hostdaemons.PLAYBOOK, {})]
     assert daemons.restarts == {"libvirtd": 1, "ovs-vswitchd": 1}
+    state = hostdaemons.read_state(settings)
+    assert state is not None and state["restarts"] == {"libvirtd": 1, "ovs-vswitchd": 1}
+    assert state["last"]["daemons"] == ["libvirtd", "ovs-vswitchd"]
+    assert state["last"]["error"] == ""
+    from appliance import cli
+
+    cli._host_daemons_status(settings)  # what `lab status` prints of it
+    printed = capsys.readouterr().out
+    assert "host daemons restarted: libvirtd 1, ovs-vswitchd 1 (last: libvirtd, " \
+           "ovs-vswitchd at " in printed
+    assert "failed" not in printed
 
 
-def test_a_failing_start_is_not_counted_and_says_so(caplog: Any) -> None:
+def test_a_failing_start_is_not_counted_and_says_so(
+        settings: Settings, caplog: Any, capsys: pytest.CaptureFixture[str]) -> None:
     for runner in (FakeRunner(ok=False), FakeRunner(error=True)):
-        daemons = _daemons(ALL - {"libvirtd"}, runner)
+        daemons = _daemons(settings, ALL - {"libvirtd"}, runner)
         assert daemons.check() is False
         assert daemons.restarts == {}
     assert "libvirtd: no" in caplog.text
     assert "could not start: no ansible" in caplog.text
+    from appliance import cli
+
+    cli._host_daemons_status(settings)
+    assert "host daemons: the last start failed: playbook host-daemons.yml could not " \
+           "start: no ansible" in capsys.readouterr().out
 
 
 def test_the_kernel_s_15_character_names_match() -> None:
@@ -71,9 +99,9 @@ def test_the_kernel_s_15_character_names_match() -> None:
     assert hostdaemons.missing(set(), ("libvirtd",)) == ["libvirtd"]
 
 
-def test_the_watch_backs_off_while_starting_keeps_failing() -> None:
+def test_the_watch_backs_off_while_starting_keeps_failing(settings: Settings) -> None:
     runner = FakeRunner(ok=False)
-    daemons = hostdaemons.HostDaemons(Settings(), interval=0.01, runner=runner,
+    daemons = hostdaemons.HostDaemons(settings, interval=0.01, runner=runner,
                                       running=lambda: ALL - {"libvirtd"})
     stop = threading.Event()
     thread = threading.Thread(target=daemons.run, args=(stop,))
