@@ -197,7 +197,8 @@ class VirtualNetworkController(Controller):
         self.datapath = datapath or detect_datapath(settings)
         self.install_packages = install_packages
         self.host_ready = False
-        self.applied: dict[str, tuple[str, float]] = {}  # namespace -> (digest, when)
+        # namespace -> (digest, when, the ofports its flows were installed against)
+        self.applied: dict[str, tuple[str, float, dict[str, int]]] = {}
         self.port_index: dict[str, str] = {}  # OVS port name -> namespace
         self._lock = threading.Lock()
 
@@ -429,16 +430,24 @@ class VirtualNetworkController(Controller):
         last = self.applied.get(ns)
         due = last is None or last[0] != digest or \
             time.monotonic() - last[1] > self.config.resync_seconds
-        drift = [] if due else ovsview.drift(host)
+        drift = [] if due or last is None else ovsview.drift(host, last[2])
         if not due and not drift:
             return
         if drift:
             LOG.info("[%s] host drifted: %s", ns, "; ".join(drift))
             events.record(self.api, network, "Warning", "NetworkDrift",
                           "repairing: " + "; ".join(drift))
+        # Flows name ports but hold their OpenFlow numbers of the moment they are installed.
+        # A port that someone else made again while the playbook ran (a VM powered off and
+        # on) may have its flows with its old number: the next drift check repairs it.
+        names = ovsview.referenced_ports(host)
+        before = ovsview.ofports(self.config.bridge, names)
         self.run_playbook(hostconfig.NAMESPACE_PLAYBOOK, host.extravars(), network)
+        after = ovsview.ofports(self.config.bridge, names)
+        installed = {name: -1 if before.get(name, number) != number else number
+                     for name, number in after.items()}
         with self._lock:
-            self.applied[ns] = (digest, time.monotonic())
+            self.applied[ns] = (digest, time.monotonic(), installed)
 
     def teardown(self, network: Obj) -> float | None:
         meta = network["metadata"]

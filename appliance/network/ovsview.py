@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 
 from appliance.network import flows as flowlib
 from appliance.network.config import BASE_COOKIE, NetworkConfig
@@ -43,8 +44,21 @@ def host_drift(config: NetworkConfig) -> list[str]:
     return []
 
 
-def drift(host: NamespaceHost) -> list[str]:
-    """What differs between ``host`` and this host ([] when nothing does)."""
+def referenced_ports(host: NamespaceHost) -> set[str]:
+    """The ports that the namespace's flows match on."""
+    return {name for f in host.flows() for name in _IN_PORT.findall(f)}
+
+
+def ofports(bridge: str, names: set[str]) -> dict[str, int]:
+    """The OpenFlow numbers of those of ``names`` that exist now."""
+    return {p.name: p.ofport for p in ovs.list_ports(bridge) if p.name in names and p.ofport > 0}
+
+
+def drift(host: NamespaceHost, installed: Mapping[str, int] | None = None) -> list[str]:
+    """What differs between ``host`` and this host ([] when nothing does). ``installed``:
+    the ports' OpenFlow numbers when the flows were installed (a flow holds the number, so
+    a port deleted and made again, as a VM's is when it is powered off and on, keeps the
+    count of flows right and their numbers wrong)."""
     c, s = host.config, host.segment
     found: list[str] = []
     if not ovs.bridge_exists(c.bridge):
@@ -57,6 +71,11 @@ def drift(host: NamespaceHost) -> list[str]:
         found.append(f"gateway port {s.gateway_port} has tag {gw.tag}, not {s.vlan}")
     live = {p for p, port in by_name.items() if port.ofport > 0}
     expected = [f for f in host.flows() if all(n in live for n in _IN_PORT.findall(f))]
+    if installed is not None:
+        moved = sorted(n for n in referenced_ports(host) & live
+                       if installed.get(n) != by_name[n].ofport)
+        if moved:
+            found.append("flows hold earlier OpenFlow numbers of " + ", ".join(moved))
     flows = ovs.dump_flows(c.bridge, s.vlan)
     if len(flows) != len(expected):
         found.append(f"{len(flows)} flows under cookie {s.vlan:#x}, {len(expected)} expected")
