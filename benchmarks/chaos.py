@@ -120,21 +120,25 @@ class Writes:
 def writer(lab: Lab, n: int, writes: Writes, stop: threading.Event) -> None:
     session, i = lab.session(), 0
     path = lab.url(f"/api/v1/namespaces/{NAMESPACE}/configmaps")
-    while not stop.is_set():
-        name = f"w{n}-{i}"
-        i += 1
-        try:
-            r = session.post(path, json={"apiVersion": "v1", "kind": "ConfigMap",
-                                         "metadata": {"name": name}, "data": {"i": str(i)}},
-                             timeout=10)
-        except requests.RequestException:
-            session = lab.session()
-            stop.wait(0.1)
-            continue
-        with writes.lock:
-            writes.tries += 1
-            if r.status_code == 201:
-                writes.acked[name] = int(r.json()["metadata"]["resourceVersion"])
+    try:
+        while not stop.is_set():
+            name = f"w{n}-{i}"
+            i += 1
+            try:
+                r = session.post(path, json={"apiVersion": "v1", "kind": "ConfigMap",
+                                             "metadata": {"name": name},
+                                             "data": {"i": str(i)}}, timeout=10)
+            except requests.RequestException:
+                session.close()  # its connection died with the service
+                session = lab.session()
+                stop.wait(0.1)
+                continue
+            with writes.lock:
+                writes.tries += 1
+                if r.status_code == 201:
+                    writes.acked[name] = int(r.json()["metadata"]["resourceVersion"])
+    finally:
+        session.close()
 
 
 @dataclass
@@ -157,42 +161,51 @@ def watcher(lab: Lab, w: Watcher, stop: threading.Event) -> None:
     path = lab.url(f"/api/v1/namespaces/{NAMESPACE}/configmaps")
     rv = 0
     while not stop.is_set():
-        session = lab.session()
+        started = len(w.stretches)
         try:
-            if not rv:  # (re)list: the list covers everything up to its resourceVersion
-                listed = session.get(path, timeout=10)
-                if listed.status_code != 200:
-                    stop.wait(0.2)
-                    continue
-                rv = int(listed.json()["metadata"]["resourceVersion"])
-            stretch = Stretch(rv, rv)
-            w.stretches.append(stretch)
-            resp = session.get(path, params={"watch": "true", "resourceVersion": str(rv),
-                                             "allowWatchBookmarks": "true",
-                                             "timeoutSeconds": "30"},
-                               stream=True, timeout=(5, 40))
-            if resp.status_code != 200:
-                raise requests.ConnectionError(f"HTTP {resp.status_code}")
-            for line in resp.iter_lines():
-                if stop.is_set():
-                    break
-                if not line:
-                    continue
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    if obj.get("code") == 410:
-                        w.gone += 1
-                        rv = 0
-                    break
-                event_rv = int(obj["metadata"]["resourceVersion"])
-                if event.get("type") == "ADDED":
-                    stretch.names.append((event_rv, obj["metadata"]["name"]))
-                stretch.end = max(stretch.end, event_rv)
-                rv = stretch.end
+            with lab.session() as session:
+                rv = _watch_once(session, path, rv, w, stop)
         except (requests.RequestException, ValueError):
             w.breaks += 1
+            if len(w.stretches) > started:  # a watch broke: go on from what it saw
+                rv = w.stretches[-1].end
             stop.wait(0.2)
+
+
+def _watch_once(session: requests.Session, path: str, rv: int, w: Watcher,
+                stop: threading.Event) -> int:
+    """One list (when ``rv`` is 0) and one watch; the resourceVersion to go on from (0: list
+    again)."""
+    if not rv:  # (re)list: the list covers everything up to its resourceVersion
+        listed = session.get(path, timeout=10)
+        if listed.status_code != 200:
+            stop.wait(0.2)
+            return 0
+        rv = int(listed.json()["metadata"]["resourceVersion"])
+    stretch = Stretch(rv, rv)
+    w.stretches.append(stretch)
+    with session.get(path, params={"watch": "true", "resourceVersion": str(rv),
+                                   "allowWatchBookmarks": "true", "timeoutSeconds": "30"},
+                     stream=True, timeout=(5, 40)) as resp:
+        if resp.status_code != 200:
+            raise requests.ConnectionError(f"HTTP {resp.status_code}")
+        for line in resp.iter_lines():
+            if stop.is_set():
+                break
+            if not line:
+                continue
+            event = json.loads(line)
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                if obj.get("code") == 410:
+                    w.gone += 1
+                    return 0
+                break
+            event_rv = int(obj["metadata"]["resourceVersion"])
+            if event.get("type") == "ADDED":
+                stretch.names.append((event_rv, obj["metadata"]["name"]))
+            stretch.end = max(stretch.end, event_rv)
+    return stretch.end
 
 
 def check_watchers(watchers: list[Watcher], final: dict[str, int]) -> list[str]:
@@ -229,9 +242,10 @@ def run(cycles: int, state_dir: Path, database_url: str = "") -> dict[str, Any]:
     checks: list[str] = []
     threads: list[threading.Thread] = []
     try:
-        lab.session().post(lab.url("/api/v1/namespaces"), json={
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
-            timeout=30).raise_for_status()
+        with lab.session() as session:
+            session.post(lab.url("/api/v1/namespaces"), json={
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+                timeout=30).raise_for_status()
         threads = [threading.Thread(target=writer, args=(lab, n, writes, stop), daemon=True)
                    for n in range(WRITERS)]
         threads += [threading.Thread(target=watcher, args=(lab, w, stop), daemon=True)
@@ -263,8 +277,9 @@ def run(cycles: int, state_dir: Path, database_url: str = "") -> dict[str, Any]:
         for t in threads:
             t.join(60)
     try:
-        listed = lab.session().get(lab.url(f"/api/v1/namespaces/{NAMESPACE}/configmaps"),
-                                   timeout=60).json()["items"]
+        with lab.session() as session:
+            listed = session.get(lab.url(f"/api/v1/namespaces/{NAMESPACE}/configmaps"),
+                                 timeout=60).json()["items"]
     finally:
         lab.down()
     final = {i["metadata"]["name"]: int(i["metadata"]["resourceVersion"]) for i in listed}
