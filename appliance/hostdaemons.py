@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance import keeper
 from appliance.ansible import PlaybookError, PlaybookResult, run_playbook
 from appliance.settings import Settings
 from appliance.util.files import write_atomic
+from hypervisor.proc import processes
 
 LOG = logging.getLogger(__name__)
 
@@ -49,17 +51,7 @@ def service_manager_present(run_dir: Path = Path("/run/systemd/system")) -> bool
 def running_commands(proc: Path = Path("/proc")) -> set[str]:
     """The command names of the live processes (a killed daemon that its parent has not
     reaped yet is a zombie, and does not count)."""
-    names: set[str] = set()
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # the process went away while we looked
-                continue
-            head, _, rest = stat.rpartition(")")
-            if rest.split()[:1] not in (["Z"], ["X"]):
-                names.add(head.partition("(")[2])
-    return names
+    return {name for _, name, fields in processes(proc) if fields[:1] not in (["Z"], ["X"])}
 
 
 def missing(running: set[str], wanted: tuple[str, ...] = WATCHED) -> list[str]:
@@ -75,11 +67,7 @@ def state_file(settings: Settings) -> Path:
 
 
 def read_state(settings: Settings) -> dict[str, Any] | None:
-    try:
-        data = json.loads(state_file(settings).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return keeper.read_state(state_file(settings))
 
 
 class HostDaemons:

@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 from appliance.network import flows as flowlib  # noqa: E402
 from appliance.network.config import BASE_COOKIE  # noqa: E402
 from appliance.network.world import NETWORKS  # noqa: E402
+from benchmarks.api import percentile  # noqa: E402
 from benchmarks.network import UDHCPC_SCRIPT, Bench  # noqa: E402
 from hypervisor import ovs  # noqa: E402
 
@@ -87,13 +88,6 @@ class Segment:
             if self.gateway_port in ports else [],
         }
 
-    def leases_again(self, script: Path) -> bool:
-        self.lease.unlink(missing_ok=True)
-        self.workload.exec(["env", f"LEASE_FILE={self.lease}", "busybox", "udhcpc", "-i",
-                            "eth0", "-n", "-q", "-t", "2", "-T", "1", "-A", "1", "-s",
-                            str(script)], check=False, timeout=30)
-        return self.lease.exists()
-
 
 def change(kind: str, seg: Segment, bridge: str) -> None:
     """Make one out-of-band change, as an administrator's slip or a crash would."""
@@ -119,20 +113,19 @@ def change(kind: str, seg: Segment, bridge: str) -> None:
         raise ValueError(kind)
 
 
-def converge(seg: Segment, bridge: str, healthy: dict[str, Any], script: Path,
-             started: float) -> float:
+def converge(bench: Bench, seg: Segment, healthy: dict[str, Any], started: float) -> float:
     """Seconds from ``started`` until the segment is as it was and leases again."""
     deadline = started + CONVERGE_TIMEOUT
     while time.monotonic() < deadline:
         try:
-            same = seg.state(bridge) == healthy
+            same = seg.state(bench.config.bridge) == healthy
         except Exception:  # noqa: BLE001 - the host is mid-repair (a port half made)
             same = False
-        if same and seg.leases_again(script):
+        if same and bench.lease(seg.workload, seg.lease):
             return time.monotonic() - started
         time.sleep(0.5)
     raise RuntimeError(f"{seg.namespace}: not converged after {CONVERGE_TIMEOUT:.0f} s: "
-                       f"{seg.state(bridge)} != {healthy}")
+                       f"{seg.state(bench.config.bridge)} != {healthy}")
 
 
 def host_inventory(bench: Bench) -> dict[str, Any]:
@@ -155,17 +148,14 @@ def host_inventory(bench: Bench) -> dict[str, Any]:
     }
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--namespaces", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.changes < 1 or args.namespaces < 1:
+        parser.error("--changes and --namespaces must be at least 1")
     tag = "f" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
     base = Path(tempfile.mkdtemp(prefix=f"pacific-faults-{tag}-", dir="/var/tmp"))
     base.chmod(0o711)
@@ -206,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 change(kind, seg, bridge)
             with ThreadPoolExecutor(len(planned)) as pool:
                 waits: list[tuple[str, Segment, Callable[[], float]]] = [
-                    (kind, seg, pool.submit(converge, seg, bridge, healthy[seg.namespace],
-                                            script, started).result)
+                    (kind, seg, pool.submit(converge, bench, seg, healthy[seg.namespace],
+                                            started).result)
                     for kind, seg in planned]
                 for kind, seg, result in waits:
                     seconds = result()

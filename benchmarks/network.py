@@ -190,14 +190,16 @@ class Bench:
         self.netns.append(host)
         host.create()
         lease = self.base / f"{name}.lease"
-        script = self.base / "udhcpc.sh"
-
-        def dhcp() -> bool:
-            host.exec(["env", f"LEASE_FILE={lease}", "busybox", "udhcpc", "-i", "eth0", "-n",
-                       "-q", "-t", "2", "-T", "1", "-A", "1", "-s", str(script)], check=False)
-            return lease.exists()
-        wait(f"DHCP lease of {name}", dhcp, 120, 0.0)
+        wait(f"DHCP lease of {name}", lambda: self.lease(host, lease), 120, 0.0)
         return host, st["ipAddresses"][0]["ip"], time.monotonic() - started
+
+    def lease(self, host: ovs.NetnsHost, lease: Path) -> bool:
+        """One DHCP try of ``host`` (busybox udhcpc); whether it got a lease."""
+        lease.unlink(missing_ok=True)
+        host.exec(["env", f"LEASE_FILE={lease}", "busybox", "udhcpc", "-i", "eth0", "-n",
+                   "-q", "-t", "2", "-T", "1", "-A", "1", "-s", str(self.base / "udhcpc.sh")],
+                  check=False, timeout=30)
+        return lease.exists()
 
     def close(self) -> None:
         self.stop.set()

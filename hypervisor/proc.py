@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 LOG = logging.getLogger(__name__)
 
@@ -57,3 +58,19 @@ def run(cmd: Sequence[str], *, check: bool = True, input: str | bytes | None = N
     if check and proc.returncode != 0:
         raise ProcessError(cmd, proc.returncode, result.stdout, result.stderr)
     return result
+
+
+def processes(root: Path = Path("/proc")) -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, command name, the fields of ``/proc/<pid>/stat`` after the name) of every
+    process that is still there when read: ``fields[0]`` is the state (``Z``: a zombie),
+    ``fields[1]`` the parent, ``fields[2]`` the process group, ``fields[11:15]`` the CPU
+    times in clock ticks."""
+    for entry in root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process went away while we looked
+            continue
+        name_end = stat.rindex(")")
+        yield int(entry.name), stat[stat.index("(") + 1:name_end], stat[name_end + 2:].split()

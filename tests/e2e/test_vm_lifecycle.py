@@ -30,7 +30,7 @@ from hypervisor.ssh import generate_keypair, run_command
 from tests.e2e.conftest import kubeconfig_for
 from tests.support.hostnet import host_addresses_steady, libvirtd_may_die
 from tests.support.kubectl import Kubectl
-from tests.support.listeners import Listener, listeners, process_group
+from tests.support.listeners import Listener, listeners, process_group, processes
 from tests.support.server import LabServer, NetworkLab
 from tests.support.wait import wait_for
 
@@ -233,11 +233,11 @@ def daemons_killed_and_back(dom: str, vip: str) -> None:
     qemu = int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip())
     with libvirtd_may_die(), host_addresses_steady():
         started = time.monotonic()
-        for pid, comm in ((p, _comm(p)) for p in _pids()):
-            if comm in ("libvirtd", "ovs-vswitchd"):
+        for pid, name, _ in processes():
+            if name in ("libvirtd", "ovs-vswitchd"):
                 os.kill(pid, signal.SIGKILL)
         wait_for("libvirtd and ovs-vswitchd gone", lambda: not {"libvirtd", "ovs-vswitchd"}
-                 & {_comm(p) for p in _pids()}, 30, 0.1)
+                 & {name for _, name, _ in processes()}, 30, 0.1)
         wait_for("the host service to start libvirtd and ovs-vswitchd again", lambda: not
                  hostdaemons.missing(hostdaemons.running_commands()) and
                  domain_state(dom) == "running", 120, 0.5)
@@ -248,17 +248,6 @@ def daemons_killed_and_back(dom: str, vip: str) -> None:
     assert int(Path(f"/run/libvirt/qemu/{dom}.pid").read_text().strip()) == qemu
     print(f"\n[faults] libvirtd and ovs-vswitchd killed: running again after "
           f"{daemons_back:.1f} s, the VM answers through its VIP after {network_back:.1f} s")
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def nothing_secret_for_a_viewer(lab: LabServer, ns: str, tmp_path: Path) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hypervisor.proc import processes
+
+__all__ = ["Listener", "listeners", "process_group", "processes"]
 
 TCP_LISTEN = "0A"
 UDP_UNCONNECTED = "07"
@@ -74,21 +77,6 @@ def listeners(pid: int) -> list[Listener]:
                 address, port = _address(local)
                 found.append(Listener(pid, command, protocol, address, port))
     return found
-
-
-def processes() -> Iterator[tuple[int, str, list[str]]]:
-    """(pid, command name, the fields of ``/proc/<pid>/stat`` after the name) of every
-    process that is still there when read: ``fields[1]`` is the parent, ``fields[2]``
-    the process group, ``fields[11:15]`` the CPU times in clock ticks."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name_end = stat.rindex(")")
-        yield int(entry.name), stat[stat.index("(") + 1:name_end], stat[name_end + 2:].split()
 
 
 def process_group(pgid: int) -> set[int]:
