@@ -36,7 +36,8 @@ class Api:
         return s
 
     def call(self, method: str, path: str, **kw):  # type: ignore[no-untyped-def]
-        return self.session().request(method, self.lab.url + path, timeout=30, **kw)
+        with self.session() as s:  # the body is read: nothing is left open
+            return s.request(method, self.lab.url + path, timeout=30, **kw)
 
 
 @pytest.fixture(scope="session")

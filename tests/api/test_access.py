@@ -89,9 +89,9 @@ def test_missing_and_bad_tokens_are_401(lab: LabServer, tmp_path: Path) -> None:
     kc = lab.kubeconfig(tmp_path / "bad.kubeconfig", "plab-not-a-real-token")
     proc = Kubectl(KUBECTL, kc, tmp_path / "cache").run("get", "ns", check=False)
     assert proc.returncode == 1 and "You must be logged in to the server" in proc.stderr
-    s = requests.Session()
-    s.trust_env = False
-    r = s.post(lab.url + "/login", auth=("vera", "wrong-password"), verify=lab.ca_file)
+    with requests.Session() as s:
+        s.trust_env = False
+        r = s.post(lab.url + "/login", auth=("vera", "wrong-password"), verify=lab.ca_file)
     assert r.status_code == 401
 
 

@@ -12,7 +12,14 @@ import pytest
 from benchmarks.chaos import run
 from tests.support.postgres import PostgresServer
 
-pytestmark = pytest.mark.api
+pytestmark = [
+    pytest.mark.api,
+    # Twenty SIGKILLs of the server under eight clients: a client TLS socket that urllib3
+    # dropped mid-request can reach the garbage collector unclosed (twice in CI, not
+    # reproduced here with tracemalloc on). Every session and stream of the benchmark is
+    # closed; what is left is the client library's, and says nothing of the service.
+    pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning"),
+]
 
 CYCLES = 20
 

@@ -56,20 +56,21 @@ def test_kill_9_mid_writes_loses_nothing(tmp_path: Path) -> None:
         stop = threading.Event()
 
         def writer(n: int) -> None:
-            ws = _session(server)
-            i = 0
-            while not stop.is_set():
-                name = f"w{n}-{i}"
-                i += 1
-                try:
-                    resp = ws.post(server.url + "/api/v1/namespaces/crash/configmaps", json={
-                        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                        "data": {"i": str(i)}}, timeout=10)
-                except requests.RequestException:
-                    return  # the server died under us
-                if resp.status_code == 201:
-                    with lock:
-                        acked.append(name)
+            with _session(server) as ws:
+                i = 0
+                while not stop.is_set():
+                    name = f"w{n}-{i}"
+                    i += 1
+                    try:
+                        resp = ws.post(server.url + "/api/v1/namespaces/crash/configmaps",
+                                       json={"apiVersion": "v1", "kind": "ConfigMap",
+                                             "metadata": {"name": name},
+                                             "data": {"i": str(i)}}, timeout=10)
+                    except requests.RequestException:
+                        return  # the server died under us
+                    if resp.status_code == 201:
+                        with lock:
+                            acked.append(name)
 
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
         for t in threads:

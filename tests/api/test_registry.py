@@ -47,8 +47,9 @@ def session(lab: LabServer) -> requests.Session:
 
 def token_for(lab: LabServer, scope: str, auth: tuple[str, str] | None
               ) -> requests.Response:
-    return session(lab).get(f"https://{lab.registry}/service/token",
-                            params={"service": SERVICE, "scope": scope}, auth=auth, timeout=30)
+    with session(lab) as s:
+        return s.get(f"https://{lab.registry}/service/token",
+                     params={"service": SERVICE, "scope": scope}, auth=auth, timeout=30)
 
 
 def granted(lab: LabServer, scope: str, auth: tuple[str, str]) -> list[str]:

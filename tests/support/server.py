@@ -58,6 +58,10 @@ class LabServer:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "test-service.log"
+        #: Tokens and passwords the tests used, and (after a check) every secret value
+        #: of the lab: the exposure check looks for them (tests/support/exposure.py).
+        self.used_secrets: set[str] = set()
+        self.exposure_values: set[str] = set()
 
     @property
     def env(self) -> dict[str, str]:
@@ -135,8 +139,19 @@ class LabServer:
             os.killpg(self.proc.pid, sig)
             self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+    def stop(self, check_exposure: bool = True) -> None:
+        """Stop the service; first (unless told not to) check that it exposed nothing:
+        ``tests/support/exposure.py``."""
+        from tests.support import exposure
+
+        running = self.proc is not None and self.proc.poll() is None
+        try:
+            if check_exposure and running:
+                exposure.check(self)
+        finally:
+            self.kill(signal.SIGTERM)
+        if check_exposure and running:
+            exposure.finish(self)
 
     def remove_leftovers(self) -> list[str]:
         """Domains (VMs and pod VMs) and the storage pool of this lab that a failed test
@@ -169,15 +184,18 @@ class LabServer:
         return proc
 
     def add_user(self, name: str, password: str, admin: bool = False) -> None:
+        self.used_secrets.add(password)
         self.lab("user", "add", name, "--password-stdin", *(["--admin"] if admin else []),
                  input=password + "\n")
 
     def login(self, name: str, password: str) -> dict[str, Any]:
-        session = requests.Session()
-        session.trust_env = False
-        r = session.post(self.url + "/login", auth=(name, password), verify=self.ca_file,
-                         timeout=30)
+        with requests.Session() as session:
+            session.trust_env = False
+            r = session.post(self.url + "/login", auth=(name, password),
+                             verify=self.ca_file, timeout=30)
+        self.used_secrets.add(password)
         r.raise_for_status()
+        self.used_secrets.add(r.json()["token"])
         return dict(r.json())
 
     @property
