@@ -116,6 +116,10 @@ def unsupported_media_type(content_type: str) -> ApiError:
                     "application/apply-patch+yaml")
 
 
+def service_unavailable(message: str) -> ApiError:
+    return ApiError(503, "ServiceUnavailable", message)
+
+
 def insufficient_storage() -> ApiError:
     return ApiError(507, "InsufficientStorage",
                     "the supervisor's state disk is full: nothing was written; an "

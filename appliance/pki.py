@@ -127,6 +127,17 @@ def issued_pki(pki_dir: Path) -> Pki:
     return pki
 
 
+def authenticates_clients(cert_pem: bytes) -> bool:
+    """Whether a certificate may also be presented as a client's (issued before the
+    host's log endpoint, a control-plane VM's certificate was for servers only)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage
+
+
 def cert_covers(cert_pem: bytes, hostnames: Sequence[str], addresses: Sequence[str]) -> bool:
     """Whether the certificate names every one of ``hostnames`` and ``addresses``."""
     dns_names, ips = _wanted_names(hostnames, addresses)
@@ -302,7 +313,10 @@ def _make_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivate
             digital_signature=True, content_commitment=False, key_encipherment=False,
             data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
             encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # client authentication too: a control-plane VM presents its certificate to the
+        # host's log endpoint (appliance.nodeapi), as kube-apiserver does to a kubelet
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)

@@ -23,7 +23,7 @@ from typing import Any
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-from appliance import hostdaemons, kubeconfig
+from appliance import errors, hostdaemons, kubeconfig
 from appliance.agent.agent import HostAgent
 from appliance.api.app import ApiApp
 from appliance.auth import bootstrap, users
@@ -35,6 +35,7 @@ from appliance.controllers.namespace import NamespaceController
 from appliance.controllers.podscheduler import PodScheduler
 from appliance.controllers.scheduler import VmScheduler
 from appliance.kinds import default_registry
+from appliance.nodeapi import CONSOLE, POD_LOG
 from appliance.objects import ObjectService
 from appliance.pods.logs import PodLogs
 from appliance.pki import Pki, ensure_pki, issued_pki
@@ -169,12 +170,16 @@ class HostService:
             pki = ensure_pki(s.pki_dir, [host, "localhost"],
                              sorted({*local_addresses(), addr}))
         self.pki = pki
+        self.remote_logs: dict[Any, Any] = {}
+        if s.role == "control-plane":  # the log files are on the host: ask it for them
+            self.remote_logs = self._remote_logs(sup, pki).readers()
+            logs, streams = {}, dict(self.remote_logs)
+        else:
+            logs = {CONSOLE: self._console_log}
+            streams = {POD_LOG: PodLogs(s.pods_dir).read}
         api = ApiApp(sup.service, sup.service.registry, token_ttl=s.token_ttl_seconds,
                      max_body=s.max_body_bytes, server_address=f"{addr}:{s.api_port}",
-                     ready=self.ready.is_set, ca_pem=pki.ca_pem(),
-                     logs={("vmoperator.vmware.com", "virtualmachines", "console"):
-                           self._console_log},
-                     streams={("", "pods", "log"): PodLogs(s.pods_dir).read},
+                     ready=self.ready.is_set, ca_pem=pki.ca_pem(), logs=logs, streams=streams,
                      registry_info=self._registry_info if s.registry_enabled else None,
                      logins=sup.logins, audit_log=sup.audit_log,
                      max_watches=min(s.max_watches, API_THREADS - 64))
@@ -235,6 +240,56 @@ class HostService:
         self.registry_front = front
         self._thread(RepositoryController(projects, daemon, front).run, "registry-controller")
 
+    def _remote_logs(self, sup: Supervisor, pki: Pki) -> Any:
+        from appliance.nodeapi import RemoteLogs
+        from appliance.objects import SYSTEM, Target
+
+        nodes = sup.service.registry.by_group_plural("", "nodes")
+        assert nodes is not None
+
+        def node(name: str) -> dict[str, Any] | None:
+            try:
+                return sup.service.get(SYSTEM, Target(nodes, "v1", "", name))
+            except errors.ApiError:
+                return None
+
+        return RemoteLogs(node, self.settings.appliance_cidr, pki.ca_cert, pki.server_cert,
+                          pki.server_key)
+
+    def _appliance_gateway(self) -> str:
+        from hypervisor.appliance_net import ApplianceNetwork
+
+        s = self.settings
+        return ApplianceNetwork("pacific-appliance", s.appliance_bridge, s.appliance_cidr).gateway
+
+    def _serve_node_api(self, pki: Pki, stop: threading.Event) -> None:
+        """The host's log endpoint for the control-plane VMs (appliance.nodeapi), on its
+        address in the appliance network: tried until that address is up (the VM agent
+        makes the appliance network)."""
+        from appliance.api.app import file_log
+        from appliance.nodeapi import NodeLogApp, control_plane_client, serve
+
+        s = self.settings
+
+        def console(vm: dict[str, Any], args: Any, timeout: float) -> Any:
+            return file_log(self._console_log(vm), args, timeout,
+                            f"VirtualMachine {vm['metadata']['name']!r} has no console "
+                            "log yet")
+
+        app = NodeLogApp({CONSOLE: console, POD_LOG: PodLogs(s.pods_dir).read},
+                         control_plane_client(pki.ca_cert), timeout=1800.0)
+        address, warned = self._appliance_gateway(), False
+        while not stop.is_set():
+            try:
+                self.servers.append(serve(app, address, s.node_api_port, pki))
+                return
+            except OSError as exc:
+                if not warned:
+                    LOG.warning("the node API cannot listen on %s:%d yet (%s); trying again "
+                                "every 5 s", address, s.node_api_port, exc)
+                    warned = True
+            stop.wait(5.0)
+
     def _console_log(self, vm: dict[str, Any]) -> Path:
         from appliance.agent.vmnames import domain_name, vm_prefix
 
@@ -244,7 +299,7 @@ class HostService:
     def _dashboard(self, sup: Supervisor) -> Any:
         from web import create_app
 
-        return create_app(supervisor=sup, logs=self.api.logs)
+        return create_app(supervisor=sup, logs=self.api.logs, readers=self.remote_logs)
 
     def bind_addresses(self) -> list[str]:
         """Where the API and the dashboard listen.
@@ -379,6 +434,8 @@ class HostService:
         pki = ensure_pki(s.pki_dir, [host, "localhost"], sorted({*local_addresses(), addr}))
         self.pki = pki
         facts = host_facts(s, host, addr)
+        facts["node_api"] = {"address": self._appliance_gateway(), "port": s.node_api_port}
+        self._thread(lambda stop: self._serve_node_api(pki, stop), "node-api-start")
         client = ApiClient(placement.api_url, placement.node_token, str(pki.ca_cert))
         self._start_agents(client, facts, pki)
         if s.network_enabled:

@@ -63,6 +63,9 @@ class Settings:
     # control-plane VM (appliance.controlplane): the API and the controllers, no host
     # agents, and a certificate issued by the host's CA instead of a CA of its own.
     role: str = "embedded"
+    # In the host role: the port of the host's log endpoint for the control-plane VMs
+    # (appliance.nodeapi), on its address in the appliance network; a kubelet's port.
+    node_api_port: int = 10250
     # On a lab host without a service manager, start libvirt's and Open vSwitch's daemons
     # again when they die (appliance.hostdaemons); systemd does it where it runs.
     keep_host_daemons: bool = True
@@ -150,7 +153,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_tag": str, "network_uplink": str, "network_dns_domain": str,
     "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
     "registry_enabled": _flag, "registry_port": int, "registry_token_ttl_seconds": int,
-    "role": str, "keep_host_daemons": _flag,
+    "role": str, "keep_host_daemons": _flag, "node_api_port": int,
 }
 ROLES = ("embedded", "control-plane")
 

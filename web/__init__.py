@@ -46,11 +46,15 @@ ENV_PREFIX = "LAB_DASHBOARD"
 
 def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = None,
                logs: Mapping[tuple[str, str, str], Callable[[dict[str, Any]], Path | None]]
-               | None = None) -> Flask:
+               | None = None,
+               readers: Mapping[tuple[str, str, str], Callable[..., Any]] | None = None
+               ) -> Flask:
     """The dashboard's WSGI app over an in-process ``appliance.service.Supervisor``.
 
     ``logs`` maps (group, plural, subresource) to the log file of an object,
     as the API's log subresources do; a VM's serial console is known by default.
+    ``readers``, in a control-plane VM, read those logs from the host instead
+    (``appliance.nodeapi.RemoteLogs``): ``reader(object, args, timeout)`` gives bytes.
     """
     if supervisor is None:
         raise ValueError("the dashboard needs the supervisor it shows")
@@ -67,7 +71,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, supervisor: Any = N
         app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(
             seconds=app.config["PERMANENT_SESSION_LIFETIME"])
 
-    app.extensions["pacific_lab"] = Lab(supervisor, LogPaths(supervisor.settings, logs))
+    app.extensions["pacific_lab"] = Lab(supervisor, LogPaths(supervisor.settings, logs),
+                                        readers)
 
     security.init_app(app)
     filters.init_app(app)

@@ -73,9 +73,22 @@ def read_tail(path: Path | None, max_bytes: int) -> LogTail:
     return LogTail(data.decode("utf-8", errors="replace"), size, start > 0, True)
 
 
+def tail_of(data: bytes, max_bytes: int) -> LogTail:
+    """The last ``max_bytes`` of a log read whole (from the host), whole lines only."""
+    if len(data) <= max_bytes:
+        return LogTail(data.decode("utf-8", errors="replace"), len(data), False, bool(data))
+    cut = data[-max_bytes:]
+    newline = cut.find(b"\n")
+    cut = cut[newline + 1:] if newline >= 0 else cut
+    return LogTail(cut.decode("utf-8", errors="replace"), len(data), True, True)
+
+
 class Lab:
-    def __init__(self, supervisor: Any, logs: LogPaths) -> None:
+    def __init__(self, supervisor: Any, logs: LogPaths,
+                 readers: Mapping[tuple[str, str, str], Callable[..., Any]] | None = None
+                 ) -> None:
         self.supervisor = supervisor
+        self.readers = dict(readers or {})  # logs read from the host (control-plane VMs)
         self.service: ObjectService = supervisor.service
         self.store = supervisor.store
         self.settings = supervisor.settings
@@ -215,12 +228,13 @@ class Lab:
         meta = pod["metadata"]
         if not self.can(user, "get", "", "pods", meta["namespace"], meta["name"], "log"):
             return None
-        reader = PodLogs(Path(self.settings.state_dir) / "pods")
+        read = self.readers.get(("", "pods", "log")) or PodLogs(
+            Path(self.settings.state_dir) / "pods").read
         out = []
         for c in (pod.get("spec") or {}).get("containers") or []:
             try:
-                text = b"".join(reader.read(pod, {"container": c["name"],
-                                                  "tailLines": str(tail_lines)}, 0))
+                text = b"".join(read(pod, {"container": c["name"],
+                                           "tailLines": str(tail_lines)}, 0))
                 out.append((c["name"], text.decode(errors="replace")))
             except errors.ApiError as err:
                 out.append((c["name"], err.message))
@@ -233,4 +247,8 @@ class Lab:
         if find is None:
             raise errors.not_found(f"{plural}/{subresource}", group, name)
         obj = self.get(user, group, plural, namespace, name, subresource)
+        read = self.readers.get((group, plural, subresource))
+        if read is not None:  # on the host: its last lines, cut to max_bytes here
+            lines = str(max(1, max_bytes // 80))
+            return obj, tail_of(b"".join(read(obj, {"tailLines": lines}, 0)), max_bytes)
         return obj, read_tail(find(obj), max_bytes)

@@ -47,12 +47,18 @@ def node_object(facts: dict[str, Any], role: str = "host") -> dict[str, Any]:
     addresses = [{"type": "Hostname", "address": hostname}]
     if facts.get("address"):
         addresses.insert(0, {"type": "InternalIP", "address": str(facts["address"])})
+    # A host whose supervisor runs in control-plane VMs serves them its logs on its
+    # address in the appliance network (appliance.nodeapi), as a kubelet serves its own.
+    node_api = facts.get("node_api") or {}
+    if node_api.get("address") and node_api["address"] != facts.get("address"):
+        addresses.insert(1, {"type": "InternalIP", "address": str(node_api["address"])})
     return {
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": hostname, "labels": labels},
         "spec": {"providerID": f"libvirt://{hostname}",
                  **({"taints": [dict(CONTROL_PLANE_TAINT)]} if role == "control-plane" else {})},
         "status": {
             "capacity": capacity, "allocatable": dict(capacity), "addresses": addresses,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": int(node_api.get("port") or 0)}},
             "nodeInfo": {
                 "kubeletVersion": NODE_VERSION, "kernelVersion": str(facts.get("kernel_version") or ""),
                 "osImage": str(facts.get("os") or "Debian GNU/Linux 12 (bookworm)"),

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -412,19 +413,10 @@ class ApiApp:
             raise errors.method_not_allowed(f"{t.subresource} is read-only")
         obj = self.service.get(user, t)  # authorises get on the subresource
         path = self.logs[(t.group, t.plural, t.subresource)](obj)
-        try:
-            tail = int(request.args.get("tailLines") or 0)
-        except ValueError as exc:
-            raise errors.bad_request("tailLines must be an integer") from exc
-        follow = request.args.get("follow") in ("true", "1")
-        if path is None or not path.exists():
-            if follow:
-                raise errors.bad_request(f"{t.kind.kind} {t.name!r} has no {t.subresource} "
-                                         "log yet")
-            return Response(b"", content_type="text/plain")
-        resp = Response(_tail(path, tail, follow, self.watch_timeout), status=200,
-                        content_type="text/plain; charset=utf-8", direct_passthrough=True)
-        return resp
+        chunks = file_log(path, request.args, self.watch_timeout,
+                          f"{t.kind.kind} {t.name!r} has no {t.subresource} log yet")
+        return Response(chunks, status=200, content_type="text/plain; charset=utf-8",
+                        direct_passthrough=True)
 
     def stream(self, request: Request, user: UserInfo, t: Target) -> Response:
         """A subresource read by a reader of its own (``kubectl logs`` of a pod)."""
@@ -614,6 +606,23 @@ class _Slot:
             app, self._app = self._app, None
         if app is not None:
             app._give_back_watch_slot()
+
+
+def file_log(path: Path | None, args: Mapping[str, str], timeout: float, missing: str
+             ) -> Iterator[bytes]:
+    """A text log file as a log subresource serves it: the last ``tailLines`` lines (all
+    when 0), then new ones while ``follow``. ``missing``: the error of a follow before the
+    file exists (without follow, a missing file is an empty log)."""
+    try:
+        tail = int(args.get("tailLines") or 0)
+    except ValueError as exc:
+        raise errors.bad_request("tailLines must be an integer") from exc
+    follow = args.get("follow") in ("true", "1")
+    if path is None or not path.exists():
+        if follow:
+            raise errors.bad_request(missing)
+        return iter(())
+    return _tail(path, tail, follow, timeout)
 
 
 def _tail(path: Any, lines: int, follow: bool, timeout: float) -> Iterator[bytes]:

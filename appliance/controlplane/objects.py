@@ -25,7 +25,7 @@ from appliance.controllers.scheduler import SYSTEM_NAMESPACE
 from appliance.controlplane.config import PkiFiles, Plan, plan_for, shared_settings, user_data
 from appliance.kinds.vmop import GROUP, STORAGE
 from appliance.objects import ObjectService, Target
-from appliance.pki import Pki, cert_covers, issue_server_cert
+from appliance.pki import Pki, authenticates_clients, cert_covers, issue_server_cert
 from appliance.settings import Settings
 from appliance.util.files import write_atomic
 from appliance.vmservice.library import APPLIANCE_IMAGE
@@ -91,7 +91,8 @@ def server_certificate(pki: Pki, plan: Plan, directory: Path) -> tuple[str, str]
     names = [m.name for m in plan.members]
     addresses = [plan.vip, *(m.address for m in plan.members)]
     if cert_path.is_file() and key_path.is_file() and cert_covers(
-            cert_path.read_bytes(), names, addresses):
+            cert_path.read_bytes(), names, addresses) and authenticates_clients(
+            cert_path.read_bytes()):
         return cert_path.read_text(), key_path.read_text()
     cert_pem, key_pem = issue_server_cert(pki, names, addresses)
     write_atomic(key_path, key_pem.encode(), 0o600)

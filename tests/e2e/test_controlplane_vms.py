@@ -203,6 +203,24 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
 
     wait_for("the host's heartbeat through the floating IP", heartbeat_after_move, 120, 5)
 
+    # A console through the VMs' API: the file is on the host, and the supervisor in the
+    # VM asks the host's log endpoint for it (appliance.nodeapi), as kube-apiserver asks
+    # a kubelet. The host publishes the endpoint on its Node.
+    host_status = json.loads(kc.run("get", "node", host_node["metadata"]["name"], "-o",
+                                    "json").stdout)["status"]
+    assert host_status["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert {"type": "InternalIP", "address": "198.18.0.1"} in host_status["addresses"]
+    console = kc.run("get", "--raw", f"/apis/vmoperator.vmware.com/v1alpha3/namespaces/{NS}/"
+                     f"virtualmachines/{holder}/console?tailLines=20").stdout
+    dom = domain_name({"metadata": {"namespace": NS, "name": holder}},
+                      vm_prefix(server.state_dir))
+    on_host = (server.state_dir / "consoles" / f"{dom}.log").read_text(errors="replace")
+    lines = [line for line in console.splitlines() if line.strip()]
+    assert lines and all(line in on_host for line in lines), console[-2000:]
+    no_host = kc.run("get", "--raw", f"/apis/vmoperator.vmware.com/v1alpha3/namespaces/{NS}/"
+                     f"virtualmachines/{holder}/console?tailLines=x", check=False)
+    assert no_host.returncode == 1 and "tailLines must be an integer" in no_host.stderr
+
     assert ssh(server, holder, "sudo ls /var/lib/pacific-lab/pki").split() == [
         "ca.crt", "server.crt", "server.key"]
     wanted_roles = {"Leader", "Sync Standby"} if COUNT > 1 else {"Leader"}
@@ -217,8 +235,6 @@ def test_a_lab_moves_into_control_plane_vms_survives_a_lost_vm_and_moves_back(
     names = acknowledged_writes(kc, tmp_path / "writes.yaml", 20)
     acknowledged = {k: v for k, v in objects(kc, "configmaps", "moved").items()
                     if not k.startswith("ack-") or k in names}
-    dom = domain_name({"metadata": {"namespace": NS, "name": holder}},
-                      vm_prefix(server.state_dir))
     virsh("destroy", dom)
     lost = time.monotonic()
     probe = {"apiVersion": "vmoperator.vmware.com/v1alpha3", "kind": "VirtualMachine",

@@ -33,6 +33,21 @@ def test_a_control_plane_node_is_labelled_and_tainted() -> None:
         node_object(facts, "worker")
 
 
+def test_a_host_in_the_host_role_publishes_its_log_endpoint() -> None:
+    """Its address in the appliance network and the port (appliance.nodeapi), where the
+    control-plane VMs' supervisors ask for consoles and pod logs; none when embedded."""
+    facts = {"hostname": "h1", "address": "192.0.2.4",
+             "node_api": {"address": "198.18.0.1", "port": 10250}}
+    status = node_object(facts)["status"]
+    assert status["addresses"] == [{"type": "InternalIP", "address": "192.0.2.4"},
+                                   {"type": "InternalIP", "address": "198.18.0.1"},
+                                   {"type": "Hostname", "address": "h1"}]
+    assert status["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
+    embedded = node_object({"hostname": "h1", "address": "192.0.2.4"})["status"]
+    assert embedded["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 0}}
+    assert len(embedded["addresses"]) == 2
+
+
 def test_vm_facts_read_the_memory(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:        2013356 kB\nMemFree:  1 kB\n")
