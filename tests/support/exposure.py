@@ -4,7 +4,8 @@
 
 - **listeners**: the host service and what it started (dnsmasq, HAProxy), and the QEMU
   of each of the lab's VMs and pod VMs, listen on loopback only, except the namespace's
-  DNS on its gateway, DHCP, and HAProxy on a Service's VIP. Test labs bind their API
+  DNS on its gateway, DHCP, HAProxy on a Service's VIP, and (in the host role) the log
+  endpoint for the control-plane VMs on the host's appliance-network address. Test labs bind their API
   and dashboard to loopback (``LAB_API_BIND``); VNC listens on loopback;
 - **logs**: no log of the lab (the service log, Ansible's output, consoles) holds the
   admin token or password, a token or password the tests used, or any value of any
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import os
 import secrets
 import xml.etree.ElementTree as ET
@@ -113,9 +115,16 @@ def listener_leaks(lab: LabServer) -> list[str]:
         if pid.exists() and pid.read_text().strip().isdigit():
             qemu[int(pid.read_text().strip())] = dom
 
+    # In the host role, the log endpoint for the control-plane VMs (appliance.nodeapi):
+    # on the host's address in the appliance network only.
+    cidr = ipaddress.ip_network(lab.env.get("LAB_APPLIANCE_CIDR") or "198.18.0.0/24")
+    node_api = (str(next(cidr.hosts())), int(lab.env.get("LAB_NODE_API_PORT") or 10250))
+
     def meant(x: Listener) -> bool:
         if x.pid in qemu:
             return False
+        if x.pid in pids and (str(x.address), x.port) == node_api and x.protocol == "tcp":
+            return True
         if x.command == "dnsmasq":  # DNS on a gateway (never the wildcard), DHCP
             return (x.port == 53 and not x.address.is_unspecified) or (
                 (x.protocol, x.port) == ("udp", 67) and x.address.is_unspecified)
