@@ -229,7 +229,8 @@ class RemoteLogs:
         except requests.RequestException as exc:
             session.close()
             raise errors.service_unavailable(
-                f"the host's log endpoint did not answer: {type(exc).__name__}") from exc
+                f"the host's log endpoint did not answer: {type(exc).__name__}: "
+                f"{_reason(exc)}") from exc
         if resp.status_code != 200:
             try:
                 status = resp.json()
@@ -250,6 +251,13 @@ def _passed_on(resp: Any, session: Any) -> Iterator[bytes]:
     finally:
         resp.close()
         session.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests error, short (no URL, no body)."""
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    return str(exc)[:200]
 
 
 def _within(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

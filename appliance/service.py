@@ -431,10 +431,12 @@ class HostService:
         s = self.settings
         host = s.public_host or socket.gethostname()
         addr = primary_address()
-        pki = ensure_pki(s.pki_dir, [host, "localhost"], sorted({*local_addresses(), addr}))
+        gateway = self._appliance_gateway()  # where the control-plane VMs ask for logs
+        pki = ensure_pki(s.pki_dir, [host, "localhost"],
+                         sorted({*local_addresses(), addr, gateway}))
         self.pki = pki
         facts = host_facts(s, host, addr)
-        facts["node_api"] = {"address": self._appliance_gateway(), "port": s.node_api_port}
+        facts["node_api"] = {"address": gateway, "port": s.node_api_port}
         self._thread(lambda stop: self._serve_node_api(pki, stop), "node-api-start")
         client = ApiClient(placement.api_url, placement.node_token, str(pki.ca_cert))
         self._start_agents(client, facts, pki)
