@@ -148,14 +148,34 @@ def host_inventory(bench: Bench) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, unit: str, argv: list[str] | None) -> argparse.Namespace:
+    """``--changes N``, ``--<unit> N`` (what gets the changes, 3 by default), ``--out``;
+    shared with ``benchmarks/vm_faults.py``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--changes", type=int, default=100)
-    parser.add_argument("--namespaces", type=int, default=3)
+    parser.add_argument(f"--{unit}", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    if args.changes < 1 or args.namespaces < 1:
-        parser.error("--changes and --namespaces must be at least 1")
+    if args.changes < 1 or getattr(args, unit) < 1:
+        parser.error(f"--changes and --{unit} must be at least 1")
+    return args
+
+
+def summary(results: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Convergence times overall (p50, p99, max) and by kind of change."""
+    seconds = [r["seconds"] for r in results]
+    return {
+        "converged_seconds": {"p50": round(statistics.median(seconds), 1),
+                              "p99": round(percentile(seconds, 0.99), 1),
+                              "max": round(max(seconds), 1)},
+        "by_kind": {k: {"count": len(v), "p50": round(statistics.median(v), 1),
+                        "max": round(max(v), 1)}
+                    for k in kinds if (v := [r["seconds"] for r in results if r["kind"] == k])},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__, "namespaces", argv)
     tag = "f" + "".join(random.choice(string.ascii_lowercase) for _ in range(2))
     base = Path(tempfile.mkdtemp(prefix=f"pacific-faults-{tag}-", dir="/var/tmp"))
     base.chmod(0o711)
@@ -212,19 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             bench.close()
         finally:
             shutil.rmtree(base, ignore_errors=True)
-    seconds = [r["seconds"] for r in results]
     orphans = {k: (after[k], before[k]) for k in before if after[k] != before[k]}
-    by_kind = {k: {"count": len(v), "p50": round(statistics.median(v), 1),
-                   "max": round(max(v), 1)}
-               for k in KINDS if (v := [r["seconds"] for r in results if r["kind"] == k])}
     report = {
         "command": "python benchmarks/faults.py " + " ".join(sys.argv[1:] if argv is None
                                                               else argv),
         "datapath": bench.stack.networks.datapath, "changes": len(results),
-        "converged_seconds": {"p50": round(statistics.median(seconds), 1),
-                              "p99": round(percentile(seconds, 0.99), 1),
-                              "max": round(max(seconds), 1)},
-        "by_kind": by_kind, "orphans": orphans, "inventory_before": before,
+        **summary(results, KINDS), "orphans": orphans, "inventory_before": before,
         "total_seconds": round(time.monotonic() - started_run, 1), "results": results,
     }
     print(json.dumps({k: v for k, v in report.items() if k != "results"}, indent=2))

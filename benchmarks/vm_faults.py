@@ -27,10 +27,8 @@ boot, and the first minutes of each boot are busy, which is part of what is meas
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(ROOT))
 
 from appliance.agent.vmnames import domain_name, vm_prefix  # noqa: E402
-from benchmarks.api import percentile  # noqa: E402
+from benchmarks.faults import parse_args, summary  # noqa: E402
 from tests.support.server import LabServer  # noqa: E402
 from tests.support.wait import wait_for  # noqa: E402
 
@@ -113,13 +111,7 @@ def inventory(lab: LabServer, pool: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--changes", type=int, default=100)
-    parser.add_argument("--vms", type=int, default=3)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.changes < 1 or args.vms < 1:
-        parser.error("--changes and --vms must be at least 1")
+    args = parse_args(__doc__, "vms", argv)
     # QEMU runs as libvirt-qemu: every directory above the disks must be traversable.
     base = Path(tempfile.mkdtemp(prefix="pacific-vm-faults-", dir="/var/tmp"))
     base.chmod(0o711)
@@ -174,19 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         lab.stop(check_exposure=False)
         lab.remove_leftovers()
         subprocess.run(["rm", "-rf", str(base)], check=False)
-    seconds = [r["seconds"] for r in results]
     orphans = {k: (after[k], before[k]) for k in before if after[k] != before[k]}
-    by_kind = {k: {"count": len(v), "p50": round(statistics.median(v), 1),
-                   "max": round(max(v), 1)}
-               for k in KINDS if (v := [r["seconds"] for r in results if r["kind"] == k])}
     report = {
         "command": "python benchmarks/vm_faults.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
-        "vms": args.vms, "changes": len(results),
-        "converged_seconds": {"p50": round(statistics.median(seconds), 1),
-                              "p99": round(percentile(seconds, 0.99), 1),
-                              "max": round(max(seconds), 1)},
-        "by_kind": by_kind, "orphans": orphans,
+        "vms": args.vms, "changes": len(results), **summary(results, KINDS),
+        "orphans": orphans,
         "left_after_delete": left,
         "total_seconds": round(time.monotonic() - started_run, 1), "results": results,
     }
