@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/vm_faults.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "vms": args.vms, "changes": len(results), **summary(results, KINDS),
-        "orphans": orphans,
+        "orphans": orphans, "inventory_before": before,
         "left_after_delete": left,
         "total_seconds": round(time.monotonic() - started_run, 1), "results": results,
     }
