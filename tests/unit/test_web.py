@@ -32,6 +32,7 @@ from appliance.store.db import make_engine, migrate
 from appliance.store.repo import Store
 from appliance.vmservice.catalog import Catalog
 from web import create_app
+from web.lab import LogTail
 
 BASE = "https://lab.test"
 VMOP = "vmoperator.vmware.com"
@@ -738,6 +739,42 @@ def test_console_log_needs_a_role_and_is_plain_text(lab: Any) -> None:
     carol = Browser(app)
     carol.login("carol", PASSWORDS["carol"])
     assert carol.get("/ns/dev/vms/web-1/console").status_code == 404
+
+
+def test_in_a_control_plane_vm_the_console_is_read_from_the_host(lab: Any) -> None:
+    """With ``readers`` (appliance.nodeapi.RemoteLogs in a control-plane VM) the console
+    page reads the host's answer, after the same role check; nothing is read locally."""
+    sup, _, _ = lab
+    make_namespace(sup, "dev")
+    bootstrap.grant(sup.service, SYSTEM, "dev", "alice", "edit")
+    bootstrap.grant(sup.service, SYSTEM, "dev", "bob", "view")
+    make_vm(sup, "dev", "web-1")
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    def from_host(vm: dict[str, Any], args: dict[str, str], timeout: float) -> list[bytes]:
+        asked.append((vm["metadata"]["name"], dict(args)))
+        return [b"line one\n" * 3, b"login: \n"]
+
+    app = create_app({"TESTING": True}, supervisor=sup,
+                     readers={("vmoperator.vmware.com", "virtualmachines", "console"): from_host})
+    alice = Browser(app)
+    alice.login("alice", PASSWORDS["alice"])
+    page = text(alice.get("/ns/dev/vms/web-1/console"))
+    assert "line one" in page and "login:" in page
+    assert asked and asked[0][0] == "web-1" and int(asked[0][1]["tailLines"]) > 0
+    bob = Browser(app)
+    bob.login("bob", PASSWORDS["bob"])
+    before = len(asked)
+    assert bob.get("/ns/dev/vms/web-1/console").status_code == 403
+    assert len(asked) == before  # refused before the host is asked
+
+
+def test_a_log_read_from_the_host_is_cut_to_whole_lines() -> None:
+    from web.lab import tail_of
+
+    assert tail_of(b"", 10) == LogTail("", 0, False, False)
+    assert tail_of(b"ab\ncd\n", 10) == LogTail("ab\ncd\n", 6, False, True)
+    assert tail_of(b"first line\nsecond\nthird\n", 10) == LogTail("third\n", 24, True, True)
 
 
 def test_kubeconfig_download_holds_a_token_for_the_user(lab: Any) -> None:
