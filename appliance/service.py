@@ -256,11 +256,15 @@ class HostService:
         return RemoteLogs(node, self.settings.appliance_cidr, pki.ca_cert, pki.server_cert,
                           pki.server_key)
 
-    def _appliance_gateway(self) -> str:
+    def _appliance_network(self) -> Any:
+        """The libvirt network of the VMs (and of the control-plane VMs, in the host role)."""
         from hypervisor.appliance_net import ApplianceNetwork
 
         s = self.settings
-        return ApplianceNetwork("pacific-appliance", s.appliance_bridge, s.appliance_cidr).gateway
+        return ApplianceNetwork("pacific-appliance", s.appliance_bridge, s.appliance_cidr)
+
+    def _appliance_gateway(self) -> str:
+        return str(self._appliance_network().gateway)
 
     def _serve_node_api(self, pki: Pki, stop: threading.Event) -> None:
         """The host's log endpoint for the control-plane VMs (appliance.nodeapi), on its
@@ -536,11 +540,11 @@ class HostService:
         node's API token) and checks the registry's certificate against ``lab_ca``."""
         from appliance.agent.pods import PodController
         from appliance.agent.vms import VmController
-        from hypervisor.appliance_net import ApplianceNetwork, NetworkError, ensure_network
+        from hypervisor.appliance_net import NetworkError, ensure_network
         from hypervisor.libvirt_driver import LibvirtDriver
 
         s = self.settings
-        network = ApplianceNetwork("pacific-appliance", s.appliance_bridge, s.appliance_cidr)
+        network = self._appliance_network()
         while not stop.is_set():
             try:
                 ensure_network(network)

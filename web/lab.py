@@ -67,20 +67,21 @@ def read_tail(path: Path | None, max_bytes: int) -> LogTail:
         start = max(0, size - max_bytes)
         fh.seek(start)
         data = fh.read(max_bytes)
-    if start:
-        cut = data.find(b"\n")
-        data = data[cut + 1:] if cut >= 0 else data
-    return LogTail(data.decode("utf-8", errors="replace"), size, start > 0, True)
+    return _whole_lines(data, size, start > 0, True)
 
 
 def tail_of(data: bytes, max_bytes: int) -> LogTail:
     """The last ``max_bytes`` of a log read whole (from the host), whole lines only."""
-    if len(data) <= max_bytes:
-        return LogTail(data.decode("utf-8", errors="replace"), len(data), False, bool(data))
-    cut = data[-max_bytes:]
-    newline = cut.find(b"\n")
-    cut = cut[newline + 1:] if newline >= 0 else cut
-    return LogTail(cut.decode("utf-8", errors="replace"), len(data), True, True)
+    cut = len(data) > max_bytes
+    return _whole_lines(data[-max_bytes:] if cut else data, len(data), cut, bool(data))
+
+
+def _whole_lines(data: bytes, size: int, truncated: bool, exists: bool) -> LogTail:
+    """A tail that starts mid-file drops its first, partial line."""
+    if truncated:
+        newline = data.find(b"\n")
+        data = data[newline + 1:] if newline >= 0 else data
+    return LogTail(data.decode("utf-8", errors="replace"), size, truncated, exists)
 
 
 class Lab:
