@@ -58,6 +58,8 @@ class Settings:
     registry_enabled: bool = True
     registry_port: int = 5000
     registry_token_ttl_seconds: int = 300
+    # Where Debian's linux-source package puts the tarball the pod kernel is built from.
+    pod_kernel_source_dir: Path = Path("/usr/src")
     # What this supervisor runs. "embedded": everything on this host (the API, the
     # controllers and this host's agents). "control-plane": a supervisor in a
     # control-plane VM (appliance.controlplane): the API and the controllers, no host
@@ -154,6 +156,7 @@ _ENV_FIELDS: dict[str, Callable[[Any], Any]] = {
     "network_snat": _flag, "registries_private": _names, "registries_insecure": _names,
     "registry_enabled": _flag, "registry_port": int, "registry_token_ttl_seconds": int,
     "role": str, "keep_host_daemons": _flag, "node_api_port": int,
+    "pod_kernel_source_dir": Path,
 }
 ROLES = ("embedded", "control-plane")
 

@@ -39,6 +39,7 @@ from hypervisor.podvm.domain import BASE_CMDLINE, TCG_CPU_MODEL, TCG_TB_CACHE_MI
 from hypervisor.podvm.initramfs import (
     BOOT_DIR,
     MODULES_ROOT,
+    BuiltVmlinux,
     InitramfsError,
     PodKernel,
     init_script,
@@ -203,6 +204,7 @@ class LinuxProbe:
     firmware: Path = QBOOT_ROM
     timeout: float = LINUX_PROBE_TIMEOUT
     memory_mib: int = LINUX_PROBE_MEMORY_MIB
+    built: BuiltVmlinux | None = None  # the pod kernel, when pod VMs boot it (not Debian's)
 
 
 def linux_probe_init(marker: str) -> str:
@@ -248,7 +250,7 @@ def linux_boot_probe(probe: LinuxProbe | None = None, *, accel: str = "kvm",
         try:
             kernel = pod_kernel(Path(tmp), boot_dir=probe.boot_dir,
                                 modules_root=probe.modules_root, busybox=probe.busybox,
-                                init_text=linux_probe_init(marker), modules=())
+                                init_text=linux_probe_init(marker), modules=(), built=probe.built)
         except (InitramfsError, OSError) as exc:
             return f"cannot verify {what} with a Linux boot: {_one_line(str(exc))}"
         cmd = linux_probe_command(kernel, accel=accel, firmware=probe.firmware,
@@ -390,9 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="SECONDS",
                         help="how long a Linux guest may take to boot under KVM before KVM is"
                              " not trusted (default: %(default)s)")
+    parser.add_argument("--pod-kernel-cache", type=Path, default=None, metavar="DIR",
+                        help="where the pod kernel is built (hypervisor.podvm.kernelbuild): the"
+                             " Linux probe boots it when it is there, else Debian's kernel")
     args = parser.parse_args(argv)
+    built = None
+    if args.pod_kernel_cache is not None:
+        from hypervisor.podvm.kernelbuild import pod_kernel_choice
+
+        built = pod_kernel_choice(args.pod_kernel_cache).built
     facts = probe_host(args.disk_path or args.out.parent,
-                       linux=LinuxProbe(timeout=args.linux_probe_timeout)).to_dict()
+                       linux=LinuxProbe(timeout=args.linux_probe_timeout, built=built)).to_dict()
     changed = write_facts(args.out, facts)
     print(json.dumps({"changed": changed, "path": str(args.out), "facts": facts}))
     return 0

@@ -69,7 +69,8 @@ from hypervisor.podvm.config import (
     write_config_disk,
 )
 from hypervisor.podvm.domain import PodVmSpec
-from hypervisor.podvm.initramfs import PodKernel, pod_kernel
+from hypervisor.podvm.initramfs import PodKernel
+from hypervisor.podvm.kernelbuild import kernel_for_pods
 from hypervisor.podvm.runtime import PodVmRuntime
 from hypervisor.podvm.scratch import create_scratch_disk
 
@@ -379,9 +380,17 @@ class PodController(Controller):
         return sockets / f"{run.uid[:13]}.sock"
 
     def kernel(self) -> PodKernel:
+        """The pod kernel when it is built (``lab up`` builds it), else Debian's; the choice
+        and its reason are logged once."""
         with self._kernel_lock:
             if self._kernel is None:
-                self._kernel = pod_kernel(self.settings.cache_dir / "podvm")
+                kernel, choice = kernel_for_pods(self.settings.cache_dir,
+                                                 source_dir=self.settings.pod_kernel_source_dir)
+                if choice.built is None:
+                    LOG.warning("pod VMs boot the distro kernel %s: %s", kernel.release, choice.reason)
+                else:
+                    LOG.info("pod VMs boot %s", choice.reason)
+                self._kernel = kernel
             return self._kernel
 
     # -- observing -----------------------------------------------------------------------

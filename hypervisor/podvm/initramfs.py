@@ -34,7 +34,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from hypervisor.files import write_atomic
 
@@ -92,6 +92,16 @@ class PodKernel:
     kernel: Path
     initrd: Path
     release: str
+
+
+class BuiltVmlinux(Protocol):
+    """A kernel built with everything a pod VM needs (``kernelbuild.BuiltKernel``)."""
+
+    @property
+    def vmlinux(self) -> Path: ...
+
+    @property
+    def release(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -330,8 +340,13 @@ def pod_init_text() -> str:
 def pod_kernel(cache_dir: Path, *, boot_dir: Path = BOOT_DIR, modules_root: Path = MODULES_ROOT,
                busybox: Path | None = None, init_text: str | None = None,
                modules: Sequence[str] = POD_MODULES,
-               compression: Compression = "none", pvh: bool = True) -> PodKernel:
+               compression: Compression = "none", pvh: bool = True,
+               built: BuiltVmlinux | None = None) -> PodKernel:
     """The kernel and the shared pod initramfs, built into ``cache_dir`` when not there yet.
+
+    ``built`` is a kernel with everything a pod needs built in (the pod
+    kernel of ``hypervisor.podvm.kernelbuild``): it boots instead of the
+    host's, and the initramfs then holds no modules.
 
     ``cache_dir`` and the files are made readable for QEMU (0755/0644): the
     files hold no secrets. Cheap when cached (hashing ~15 MB of inputs).
@@ -346,13 +361,16 @@ def pod_kernel(cache_dir: Path, *, boot_dir: Path = BOOT_DIR, modules_root: Path
     under TCG costs the guest 0.2 s per boot. The guest kernel then says it
     is tainted ("module verification failed"), which changes nothing else.
     """
-    vmlinuz, release = find_kernel(boot_dir, modules_root)
     busybox_bin = busybox or find_busybox()
     text = pod_init_text() if init_text is None else init_text
-    resolved = resolve_modules(modules, release, modules_root)
-    kernel_bytes = vmlinuz.read_bytes()
+    if built is not None:
+        release, kernel_bytes, resolved, strip = built.release, built.vmlinux.read_bytes(), [], False
+    else:
+        vmlinuz, release = find_kernel(boot_dir, modules_root)
+        resolved = resolve_modules(modules, release, modules_root)
+        kernel_bytes = vmlinuz.read_bytes()
+        strip = _may_strip_signatures(boot_dir / f"config-{release}")
     busybox_bytes = busybox_bin.read_bytes()
-    strip = _may_strip_signatures(boot_dir / f"config-{release}")
     module_bytes = [(m, _strip_signature(_read_module(m.path)) if strip else _read_module(m.path))
                     for m in resolved]
 
@@ -371,7 +389,12 @@ def pod_kernel(cache_dir: Path, *, boot_dir: Path = BOOT_DIR, modules_root: Path
     for kernel in (target / "vmlinux", target / "vmlinuz"):
         if kernel.is_file() and initrd.is_file():
             return PodKernel(kernel, initrd, release)
-    elf = pvh_vmlinux(kernel_bytes) if pvh else None
+    if built is not None:
+        elf = kernel_bytes if _has_pvh_note(kernel_bytes) else None
+        if elf is None:
+            raise InitramfsError(f"{built.vmlinux} has no PVH entry point")
+    else:
+        elf = pvh_vmlinux(kernel_bytes) if pvh else None
     kernel = target / ("vmlinuz" if elf is None else "vmlinux")
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True, mode=0o755)

@@ -31,6 +31,7 @@ from appliance.network.config import NetworkConfig
 from appliance.network.controllers import remove_host_network
 from appliance.settings import load_settings
 from tests.e2e.conftest import kubeconfig_for
+from hypervisor.podvm.kernelbuild import build_pod_kernel, cached_pod_kernel
 from tests.support.kubectl import Kubectl
 from tests.support.ociimages import push_arm64_only, push_busybox, push_python3
 from tests.support.registry import LocalRegistry, free_port
@@ -41,6 +42,7 @@ pytestmark = pytest.mark.e2e
 
 KUBECTL = Path("/usr/bin/kubectl")
 POD_TIMEOUT = 240  # a pod VM starts in seconds; 20 at once under TCG on 2 cores take longer
+POD_KERNEL_CACHE = Path("/var/cache/pacific-lab/pod-kernel")
 
 
 @dataclass
@@ -113,6 +115,9 @@ def podlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodLab]:
         python3 = push_python3(registry)
         arm64 = push_arm64_only(registry)
         push_busybox(private, "team/busybox", "1.36")
+        # Every pod here boots the pod kernel: built beside the suite by `lab test` (this
+        # waits for that build), or here when this module runs alone.
+        build_pod_kernel(POD_KERNEL_CACHE)
         server.start()
         tmp = tmp_path_factory.mktemp("pods")
         kc = Kubectl(KUBECTL, kubeconfig_for(server, tmp, ns), tmp / "cache")
@@ -136,7 +141,7 @@ def podlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodLab]:
 def test_a_pod_prints_exits_0_and_kubectl_reads_its_logs(podlab: PodLab) -> None:
     podlab.apply(pod("hello", podlab.busybox, ["sh", "-c",
                                                "echo hello from $(hostname); echo to-stderr >&2;"
-                                               " cat /etc/layer2; ls /etc"],
+                                               " cat /etc/layer2; ls /etc; uname -r"],
                      restartPolicy="Never"))
     got = podlab.wait_phase("hello", "Succeeded", "Failed")
     cs = got["status"]["containerStatuses"][0]
@@ -146,6 +151,9 @@ def test_a_pod_prints_exits_0_and_kubectl_reads_its_logs(podlab: PodLab) -> None
     logs = podlab.kc.run("logs", "hello").stdout
     assert "hello from hello" in logs and "to-stderr" in logs
     assert "deleted-by-layer2" not in logs  # the second layer's whiteout held
+    kernel = cached_pod_kernel(POD_KERNEL_CACHE)
+    assert kernel is not None and kernel.release in logs.split()  # the pod kernel, not Debian's
+    assert f"pod VMs boot the pod kernel {kernel.release}" in podlab.server.log_path.read_text()
     wide = podlab.kc.run("get", "pods", "-o", "wide").stdout
     line = next(raw for raw in wide.splitlines() if raw.startswith("hello "))
     assert "Completed" in line and got["status"]["podIP"] in line

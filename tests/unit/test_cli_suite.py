@@ -4,6 +4,7 @@ address slices that keep tiers side by side out of each other's ranges."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,13 @@ def _project(tmp_path: Path, files: dict[str, str]) -> Path:
         (tmp_path / name).write_text(text)
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider -s\n")
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_kernel_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's pod kernel build beside the tiers is a real ``make``: a stand-in here."""
+    monkeypatch.setattr(cli, "POD_KERNEL_BUILD", (
+        sys.executable, "-c", "import os; print('kernel build at nice', os.nice(0))"))
 
 
 def test_every_tier_runs_and_a_failing_one_fails_the_run(
@@ -93,3 +101,21 @@ def test_address_offsets_stay_in_the_tier_s_slice(monkeypatch: pytest.MonkeyPatc
     else:
         monkeypatch.delenv("LAB_TEST_STREAM", raising=False)
     assert {address_offset() for _ in range(200)} <= set(allowed)
+
+
+def test_the_pod_kernel_builds_beside_the_tiers_and_its_failure_only_warns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    root = _project(tmp_path, {"test_a.py": PASSING})
+    monkeypatch.setattr(cli, "SUITE", (cli.Tier("first", ("test_a.py",)),))
+    base = os.nice(0)
+    assert cli._run_suite(root) == 0
+    log = (root / "test-artifacts" / "pod-kernel.log").read_text()
+    assert log == f"kernel build at nice {base + cli.POD_KERNEL_TIER.niceness}\n"
+
+    monkeypatch.setattr(cli, "POD_KERNEL_BUILD", (sys.executable, "-c", "raise SystemExit(1)"))
+    assert cli._run_suite(root) == 0  # pod VMs boot Debian's kernel then: said, not failed
+    assert "the pod kernel was not built: see test-artifacts/pod-kernel.log" in \
+        capfd.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.podvm.kernelbuild import BuiltKernel
 from hypervisor.podvm.initramfs import (
     InitramfsError,
     build_initramfs,
@@ -232,3 +233,30 @@ def test_generic_builder(tree: tuple[Path, Path, Path], tmp_path: Path) -> None:
     assert files["www"][0] == stat.S_IFDIR | 0o755
     with pytest.raises(InitramfsError, match="bad guest path"):
         build_initramfs(tmp_path / "x.gz", "", extra_files={"/../etc": b""}, busybox=busybox)
+
+
+def test_a_built_kernel_boots_with_no_modules(tree: tuple[Path, Path, Path],
+                                              tmp_path: Path) -> None:
+    _, _, busybox = tree
+    vmlinux = tmp_path / "built" / "vmlinux"
+    vmlinux.parent.mkdir()
+    vmlinux.write_bytes(elf_with_pvh_note())
+    built = BuiltKernel(vmlinux, tmp_path / "built" / "config", "6.1.192-pod", "k" * 24)
+    # No /boot or /lib/modules at all: the built kernel needs neither.
+    pod = pod_kernel(tmp_path / "cache", boot_dir=tmp_path / "none", modules_root=tmp_path / "none",
+                     busybox=busybox, init_text="#!/bin/sh\n", built=built)
+    assert pod.release == "6.1.192-pod"
+    assert pod.kernel.read_bytes() == elf_with_pvh_note()
+    files = newc(pod.initrd.read_bytes())
+    assert files["lib/modules/load"][1] == b""
+    assert not any(name.endswith(".ko") for name in files)
+
+
+def test_a_built_kernel_without_pvh_entry_is_refused(tree: tuple[Path, Path, Path],
+                                                     tmp_path: Path) -> None:
+    _, _, busybox = tree
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(elf_with_pvh_note(pvh=False))
+    built = BuiltKernel(vmlinux, tmp_path / "config", "6.1.192-pod", "k" * 24)
+    with pytest.raises(InitramfsError, match="no PVH entry point"):
+        pod_kernel(tmp_path / "cache", busybox=busybox, init_text="#!/bin/sh\n", built=built)
