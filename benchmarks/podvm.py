@@ -47,7 +47,8 @@ from hypervisor.hostfacts import detect_accelerator  # noqa: E402
 from hypervisor.oci.cache import ImageCache  # noqa: E402
 from hypervisor.oci.policy import RegistryPolicy  # noqa: E402
 from hypervisor.podvm.domain import BASE_CMDLINE  # noqa: E402
-from hypervisor.podvm.initramfs import pod_kernel  # noqa: E402
+from hypervisor.podvm.initramfs import PodKernel, pod_kernel  # noqa: E402
+from hypervisor.podvm.kernelbuild import kernel_for_pods  # noqa: E402
 from tests.support.ociimages import push_busybox  # noqa: E402
 from tests.support.registry import LocalRegistry  # noqa: E402
 from tests.support.server import LabServer  # noqa: E402
@@ -71,25 +72,35 @@ def summary(values: list[float]) -> dict[str, float]:
 # -- 1. the floor ------------------------------------------------------------------------
 
 
-def bare_boot(accel: str, runs: int = 5) -> list[float]:
-    kernel = pod_kernel(CACHE / "podvm")
+BOOT_TIMEOUT = 120.0  # one bare boot; under TCG it takes a few seconds
+
+
+def bare_boot(accel: str, kernel: PodKernel, runs: int = 5) -> list[float]:
+    """Seconds from QEMU's start to the pod init's first line, ``runs`` times."""
     times = []
-    for _ in range(runs):
+    for run in range(runs):
         argv = ["qemu-system-x86_64", "-M", "pc", "-bios", str(QBOOT_ROM), "-m", "320",
                 "-accel", accel, "-kernel", str(kernel.kernel), "-initrd", str(kernel.initrd),
                 "-append", " ".join(BASE_CMDLINE), "-display", "none", "-serial", "stdio",
                 "-no-reboot", "-nodefaults"]
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
+        timer = threading.Timer(BOOT_TIMEOUT, proc.kill)
+        timer.start()
         try:
             for line in proc.stdout:
                 if b"pod-init:" in line and b"booted" in line:
                     times.append(time.monotonic() - started)
                     break
         finally:
+            timer.cancel()
             proc.kill()
             proc.wait()
+        if len(times) <= run:
+            raise SystemExit(f"bare boot of {kernel.kernel} ({kernel.release}) ran out of "
+                             f"{BOOT_TIMEOUT:.0f} s before the pod init's first line")
     return times
 
 
@@ -186,8 +197,9 @@ def host_used_kib() -> int:
     return kib["MemTotal"] - kib["MemAvailable"]
 
 
-def idle_memory(api: Api, image: str, counts: list[int], prefix: str) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def idle_memory(api: Api, image: str, counts: list[int], prefix: str) -> list[dict[str, Any]]:
+    """For each count, that many idle pods running: the RSS of their QEMUs and the host's."""
+    results: list[dict[str, Any]] = []
     running: list[str] = []
     before = host_used_kib()
     for target in counts:
@@ -205,12 +217,12 @@ def idle_memory(api: Api, image: str, counts: list[int], prefix: str) -> dict[st
         running += names
         time.sleep(20)  # let the guests settle after boot
         rss = qemu_rss(prefix)
-        results[str(target)] = {
-            "pods": len(rss), "rss_mib_median": statistics.median(rss) / 1024,
+        results.append({
+            "pods": target, "measured": len(rss), "rss_mib_median": statistics.median(rss) / 1024,
             "rss_mib_mean": statistics.mean(rss) / 1024,
             "rss_mib_total": sum(rss) / 1024,
-            "host_used_mib_delta": (host_used_kib() - before) / 1024}
-        print(f"  {target} idle pods: {results[str(target)]}", flush=True)
+            "host_used_mib_delta": (host_used_kib() - before) / 1024})
+        print(f"  {target} idle pods: {results[-1]}", flush=True)
     for name in running:
         api.delete_pod(name, wait=False)
     for name in running:
@@ -228,10 +240,24 @@ def main() -> None:
     print(f"accelerator: {accel} {why}".rstrip(), flush=True)
     result: dict[str, Any] = {"accelerator": accel, "cpus": os.cpu_count(),
                               "kernel": platform.release()}
-    print("bare qemu -kernel boot to the pod init:", flush=True)
-    floor = bare_boot(accel)
-    result["bare_boot_s"] = summary(floor)
+    kernel, choice = kernel_for_pods(CACHE)
+    print(f"pod VMs boot {choice.reason}" if choice.built else
+          f"pod VMs boot the distro kernel {kernel.release}: {choice.reason}", flush=True)
+    result["pod_kernel"] = {"release": kernel.release, "built": choice.built is not None,
+                            "reason": choice.reason}
+    print(f"bare qemu -kernel boot to the pod init ({kernel.release}):", flush=True)
+    result["bare_boot_s"] = summary(bare_boot(accel, kernel))
     print(f"  {result['bare_boot_s']}", flush=True)
+    # Debian's kernel with the same initramfs (the init's first line comes before it loads
+    # any module, so the pod kernel's initramfs, which has none, serves both).
+    distro = pod_kernel(CACHE / "podvm")
+    same_initrd = PodKernel(distro.kernel, kernel.initrd, distro.release)
+    print(f"bare qemu -kernel boot to the pod init ({distro.release}, Debian's):", flush=True)
+    result["distro_bare_boot_s"] = summary(bare_boot(accel, same_initrd))
+    result["pod_kernel_ratio_to_distro"] = {
+        "median": result["bare_boot_s"]["median"] / result["distro_bare_boot_s"]["median"]}
+    print(f"  {result['distro_bare_boot_s']}; ratio {result['pod_kernel_ratio_to_distro']}",
+          flush=True)
 
     base = Path(tempfile.mkdtemp(prefix="pacific-bench-pods-", dir="/var/tmp"))
     base.chmod(0o711)

@@ -29,12 +29,14 @@ of the agent at any point converges on the next pass.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from appliance import errors, events
@@ -51,6 +53,7 @@ from appliance.resources import Ref, ResourceApi, get_or_none
 from appliance.settings import Settings
 from appliance.util.timefmt import now_rfc3339, parse_rfc3339
 from hypervisor.domain import NicSpec
+from hypervisor.inotify import Inotify
 from hypervisor.libvirt_driver import HypervisorError, LibvirtDriver
 from hypervisor.oci.auth import Credentials, credentials_for
 from hypervisor.oci.cache import CachedImage, ImageCache
@@ -81,6 +84,10 @@ CONFIGMAPS = Ref("", "v1", "configmaps")
 #: Kubernetes' image pull back-off: 10 s doubling to 300 s.
 PULL_BACKOFF = (10.0, 300.0)
 SCRATCH_DEFAULT = 2 * 2**30
+#: The pod VMs' channels (event and output logs) are read when QEMU writes them (inotify);
+#: this is how often every channel is read anyway (a safety net), and, where inotify is
+#: missing, MONITOR_INTERVAL is how often they are all read instead.
+MONITOR_RESCAN = 2.0
 MONITOR_INTERVAL = 0.25
 
 
@@ -161,6 +168,7 @@ class PodController(Controller):
                                            registry_policy(settings, self._lab_names, lab_ca))
         self._kernel = kernel
         self._kernel_lock = threading.Lock()
+        self._watcher: Inotify | None = None  # the monitor's, while it runs
         self._runs: dict[str, PodRun] = {}
         self._runs_lock = threading.Lock()
         settings.pods_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -232,6 +240,8 @@ class PodController(Controller):
         # The guest has read what it needs at boot; the pod's secrets do not stay on disk.
         spec.config.unlink(missing_ok=True)
         run.started_marker.touch(mode=0o600)
+        if self._watcher is not None:
+            self._watcher.wake()  # watch its channels from now on
         run.events_at = run.output_at = 0
         for c in (pod.get("spec") or {}).get("containers") or []:
             events.record(self.api, pod, "Normal", "Created", f"Created container {c['name']}",
@@ -465,16 +475,50 @@ class PodController(Controller):
         return True
 
     def _monitor(self, stop: threading.Event) -> None:
-        """Tail the channels of every pod VM; kick a pass when the guest reported something."""
-        while not stop.wait(MONITOR_INTERVAL):
-            with self._runs_lock:
-                runs = [r for r in self._runs.values() if r.vm_started and not r.done]
-            for run in runs:
-                try:
-                    if self._poll(run):
-                        self.queue.add(run.key)
-                except Exception:
-                    LOG.exception("[%s/%s] reading the pod VM's channels failed", *run.key)
+        """Read every pod VM's channels as QEMU writes them; kick a pass when the guest
+        reported something."""
+        try:
+            watcher = Inotify()
+        except OSError as exc:
+            LOG.warning("no inotify (%s): the pod VMs' channels are read every %.2f s", exc,
+                        MONITOR_INTERVAL)
+            while not stop.wait(MONITOR_INTERVAL):
+                self._poll_all(self._active_runs().values())
+            return
+        self._watcher = watcher
+        watched: dict[Path, int] = {}
+        rescan_at = 0.0
+        try:
+            while not stop.is_set():
+                runs = self._active_runs()
+                for gone in set(watched) - set(runs):
+                    watcher.remove(watched.pop(gone))
+                fresh = [run for path, run in runs.items() if path not in watched]
+                for run in fresh:
+                    with contextlib.suppress(OSError):  # its directory is gone: it is over
+                        watched[run.dir] = watcher.add(run.dir)
+                written, overflow = watcher.wait(0.0 if fresh else MONITOR_RESCAN)
+                if overflow or time.monotonic() >= rescan_at:
+                    rescan_at = time.monotonic() + MONITOR_RESCAN
+                    self._poll_all(self._active_runs().values())
+                else:  # what was written, and the new ones (written before their watch)
+                    self._poll_all(runs[path] for path in written | {r.dir for r in fresh}
+                                   if path in runs)
+        finally:
+            self._watcher = None
+            watcher.close()
+
+    def _active_runs(self) -> dict[Path, PodRun]:
+        with self._runs_lock:
+            return {r.dir: r for r in self._runs.values() if r.vm_started and not r.done}
+
+    def _poll_all(self, runs: Iterable[PodRun]) -> None:
+        for run in runs:
+            try:
+                if self._poll(run):
+                    self.queue.add(run.key)
+            except Exception:
+                LOG.exception("[%s/%s] reading the pod VM's channels failed", *run.key)
 
     # -- status --------------------------------------------------------------------------
 
