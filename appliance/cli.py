@@ -212,12 +212,28 @@ def _build_pod_kernel(s: Settings) -> str:
                 progress.update(task, completed=100, description="built the pod kernel")
             console.print(f"[green]✓[/] pod kernel {built.release} built in "
                           f"{time.monotonic() - started:.0f} s (key {built.key})")
+            if s.host_facts_path.is_file():
+                _reprobe_host(s)  # KVM is trusted only if it boots this kernel
         else:
             console.print(f"[green]✓[/] pod kernel {built.release} (cached, key {built.key})")
         return ""
     except (KernelBuildError, OSError) as exc:
         console.print(f"[yellow]![/] pod VMs will boot the distro kernel: {escape(str(exc))}")
         return str(exc)
+
+
+def _reprobe_host(s: Settings) -> None:
+    """Record the host facts again, as ``host.yml`` does, now that the Linux probe boots
+    the pod kernel."""
+    with console.status("probing the host again with the pod kernel"):
+        done = subprocess.run(
+            [sys.executable, "-m", "hypervisor.hostfacts", "--out", str(s.host_facts_path),
+             "--disk-path", str(s.state_dir), "--pod-kernel-cache",
+             str(s.cache_dir / "pod-kernel")],
+            cwd=s.project_root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise click.ClickException(f"probing the host failed: {lines[-1] if lines else done.returncode}")
 
 
 def _service_argv() -> list[str]:

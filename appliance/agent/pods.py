@@ -169,6 +169,7 @@ class PodController(Controller):
         self._kernel = kernel
         self._kernel_lock = threading.Lock()
         self._watcher: Inotify | None = None  # the monitor's, while it runs
+        self._kernel_built = False  # pod VMs boot the pod kernel (kernelbuild), not Debian's
         self._runs: dict[str, PodRun] = {}
         self._runs_lock = threading.Lock()
         settings.pods_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -377,6 +378,7 @@ class PodController(Controller):
         return PodVmSpec(
             name=dom, uuid=pod["metadata"]["uid"], vcpus=cpus, memory_mib=mib,
             accelerator="kvm" if self.accelerator == "kvm" else "tcg", kernel=self.kernel(),
+            free_page_reporting=self._kernel_built,
             image_disks=image_disks, scratch=scratch, config=cfg,
             console_log=run.dir / "console.log", event_log=run.dir / "events.log",
             output_log=run.dir / "output.log", control_socket=self._socket(run),
@@ -400,7 +402,7 @@ class PodController(Controller):
                     LOG.warning("pod VMs boot the distro kernel %s: %s", kernel.release, choice.reason)
                 else:
                     LOG.info("pod VMs boot %s", choice.reason)
-                self._kernel = kernel
+                self._kernel, self._kernel_built = kernel, choice.built is not None
             return self._kernel
 
     # -- observing -----------------------------------------------------------------------

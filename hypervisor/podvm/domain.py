@@ -107,6 +107,9 @@ class PodVmSpec:
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     extra_cmdline: tuple[str, ...] = ()
     loader_rom: Path = QBOOT_ROM
+    # A virtio balloon that only reports the pages the guest freed, so that the host takes
+    # them back (the pod kernel has its driver built in; Debian's would need a module).
+    free_page_reporting: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):

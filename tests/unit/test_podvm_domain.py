@@ -65,6 +65,7 @@ def check_golden(name: str, xml: str) -> None:
 @pytest.mark.parametrize("name, variant", [
     ("podvm-tcg-ovs.xml", {}),
     ("podvm-kvm-bridge.xml", {"accelerator": "kvm", "vcpus": 2, "memory_mib": 512,
+                              "free_page_reporting": True,
                               "nic": NicSpec("52:54:00:ab:cd:ef", "bridge", "pltest0")}),
     ("podvm-no-nic.xml", {"nic": None, "metadata": {}, "extra_cmdline": ("loglevel=7",),
                           "image_disks": (Path("/images/one.erofs"),)}),
