@@ -1,6 +1,6 @@
 """vSphere Pods benchmark: pod start latency and the memory of idle pod VMs.
 
-    .venv/bin/python benchmarks/podvm.py [--pods 20] [--idle 10,50] [--out FILE.json]
+    .venv/bin/python benchmarks/podvm.py [--pods 20] [--idle 10,50] [--density 200] [--out FILE.json]
 
 In one run, on this host's accelerator (KVM or TCG, printed):
 
@@ -14,6 +14,8 @@ In one run, on this host's accelerator (KVM or TCG, printed):
    included) and with a warm one. Median and p95, and both as a ratio of the floor.
 3. Memory: the RSS of each pod VM's QEMU with ``--idle`` pods running (a
    ``sleep``), median and mean, and the host's used memory.
+4. Density (``--density N``): N idle pods created at once, the time until all run,
+   the host's memory with them, and their deletion until no pod VM is left.
 
 A registry on loopback serves a busybox image the benchmark builds and pushes
 itself. Pods use the appliance network (no namespace network), so the figures
@@ -118,11 +120,13 @@ class Api:
     def url(self, path: str) -> str:
         return self.lab.url + path
 
-    def create_pod(self, name: str, image: str, command: list[str]) -> dict[str, Any]:
+    def create_pod(self, name: str, image: str, command: list[str],
+                   resources: dict[str, Any] | None = None) -> dict[str, Any]:
+        container = {"name": "main", "image": image, "command": command,
+                     "imagePullPolicy": "IfNotPresent", **({"resources": resources} if resources
+                                                            else {})}
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                "spec": {"containers": [{"name": "main", "image": image, "command": command,
-                                         "imagePullPolicy": "IfNotPresent"}],
-                         "terminationGracePeriodSeconds": 0}}
+                "spec": {"containers": [container], "terminationGracePeriodSeconds": 0}}
         r = self.session.post(self.url(f"/api/v1/namespaces/{NS}/pods"), json=body, timeout=30)
         r.raise_for_status()
         return r.json()
@@ -230,11 +234,65 @@ def idle_memory(api: Api, image: str, counts: list[int], prefix: str) -> list[di
     return results
 
 
+#: What each pod of the density run asks for: a 128 MiB VM (64 Mi + the 64 MiB overhead), so
+#: that the scheduler's view of this host's memory is not what limits the count.
+DENSITY_RESOURCES = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}}
+
+
+def density(api: Api, image: str, count: int, prefix: str, timeout: float) -> dict[str, Any]:
+    """``count`` idle pods created at once: the time until all run, the host's memory with
+    them running, and the time until every pod and its VM is gone again."""
+    before = host_used_kib()
+    names = [f"dense-{i:03d}" for i in range(count)]
+    started = time.monotonic()
+    rvs = {name: api.create_pod(name, image, ["sleep", "3600"], DENSITY_RESOURCES)[
+        "metadata"]["resourceVersion"] for name in names}
+    failed: list[str] = []
+
+    def wait(name: str) -> None:
+        try:
+            api.wait_running(name, rvs[name], timeout)
+        except (TimeoutError, requests.RequestException):
+            failed.append(name)
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_running = time.monotonic() - started
+    time.sleep(20)  # let the guests settle after boot
+    rss = qemu_rss(prefix)
+    result = {"pods": count, "running": count - len(failed), "not_running": sorted(failed),
+              "all_running_s": all_running, "qemu_processes": len(rss),
+              "rss_mib_median": statistics.median(rss) / 1024 if rss else None,
+              "host_used_mib_delta": (host_used_kib() - before) / 1024}
+    print(f"  {result}", flush=True)
+    gone_from = time.monotonic()
+    for name in names:
+        api.delete_pod(name, wait=False)
+    for name in names:
+        api.delete_pod(name)
+    deadline = time.monotonic() + timeout
+    while qemu_rss(prefix) and time.monotonic() < deadline:
+        time.sleep(1)
+    result["all_deleted_s"] = time.monotonic() - gone_from
+    result["qemu_left"] = len(qemu_rss(prefix))
+    if result["qemu_left"]:
+        print(f"  deleting the pods ran out of {timeout:.0f} s: {result['qemu_left']} pod VMs "
+              "left", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pods", type=int, default=20)
     parser.add_argument("--idle", default="10,50")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--density", type=int, default=0, metavar="N",
+                        help="then N idle pods at once: time to all Running, host memory, "
+                             "clean deletion (0: skip)")
+    parser.add_argument("--density-timeout", type=float, default=1800.0, metavar="SECONDS")
     args = parser.parse_args()
     accel, why = detect_accelerator()
     print(f"accelerator: {accel} {why}".rstrip(), flush=True)
@@ -284,6 +342,10 @@ def main() -> None:
         print("memory of idle pod VMs:", flush=True)
         result["idle_memory"] = idle_memory(api, image, [int(n) for n in args.idle.split(",")],
                                             pod_prefix(lab.state_dir))
+        if args.density:
+            print(f"density: {args.density} idle pods at once:", flush=True)
+            result["density"] = density(api, image, args.density, pod_prefix(lab.state_dir),
+                                        args.density_timeout)
     finally:
         lab.stop()
         lab.remove_leftovers()
