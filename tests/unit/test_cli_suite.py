@@ -113,7 +113,8 @@ def test_the_pod_kernel_builds_beside_the_tiers_and_its_failure_only_warns(
     base = os.nice(0)
     assert cli._run_suite(root) == 0
     log = (root / "test-artifacts" / "pod-kernel.log").read_text()
-    assert log == f"kernel build at nice {base + cli.POD_KERNEL_TIER.niceness}\n"
+    # Niced like the tiers beside (a niceness stops at 19: `lab test` itself may be niced).
+    assert log == f"kernel build at nice {min(base + cli.POD_KERNEL_TIER.niceness, 19)}\n"
 
     monkeypatch.setattr(cli, "POD_KERNEL_BUILD", (sys.executable, "-c", "raise SystemExit(1)"))
     assert cli._run_suite(root) == 0  # pod VMs boot Debian's kernel then: said, not failed
