@@ -109,6 +109,10 @@ def bare_boot(accel: str, kernel: PodKernel, runs: int = 5) -> list[float]:
 # -- 2. pod start latency ----------------------------------------------------------------
 
 
+class Unschedulable(RuntimeError):
+    """The scheduler found no room for the pod."""
+
+
 class Api:
     def __init__(self, lab: LabServer) -> None:
         self.lab = lab
@@ -131,14 +135,23 @@ class Api:
         r.raise_for_status()
         return r.json()
 
-    def wait_running(self, name: str, rv: str, timeout: float = 300) -> float:
-        """Seconds until the watch shows the container running (or already finished)."""
+    def wait_running(self, name: str, rv: str, timeout: float = 300,
+                     unschedulable_ends: bool = False) -> float:
+        """Seconds until the watch shows the container running (or already finished).
+        ``unschedulable_ends``: the scheduler's ``Unschedulable`` ends the wait (a density
+        run: no pod leaves, so nothing will make room)."""
         r = self.session.get(self.url(f"/api/v1/namespaces/{NS}/pods"), params={
             "watch": "true", "resourceVersion": rv, "fieldSelector": f"metadata.name={name}",
             "timeoutSeconds": str(int(timeout))}, stream=True, timeout=timeout + 10)
         for line in r.iter_lines():
             ev = json.loads(line)
-            for cs in (ev["object"].get("status") or {}).get("containerStatuses") or []:
+            status = ev["object"].get("status") or {}
+            refused = [c for c in status.get("conditions") or []
+                       if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"]
+            if unschedulable_ends and refused:
+                r.close()
+                raise Unschedulable(f"pod {name}: {refused[0].get('message', '')}")
+            for cs in status.get("containerStatuses") or []:
                 state = cs.get("state") or {}
                 if "running" in state or "terminated" in state:
                     r.close()
@@ -248,10 +261,13 @@ def density(api: Api, image: str, count: int, prefix: str, timeout: float) -> di
     rvs = {name: api.create_pod(name, image, ["sleep", "3600"], DENSITY_RESOURCES)[
         "metadata"]["resourceVersion"] for name in names}
     failed: list[str] = []
+    unschedulable: list[str] = []
 
     def wait(name: str) -> None:
         try:
-            api.wait_running(name, rvs[name], timeout)
+            api.wait_running(name, rvs[name], timeout, unschedulable_ends=True)
+        except Unschedulable:
+            unschedulable.append(name)
         except (TimeoutError, requests.RequestException):
             failed.append(name)
 
@@ -263,7 +279,8 @@ def density(api: Api, image: str, count: int, prefix: str, timeout: float) -> di
     all_running = time.monotonic() - started
     time.sleep(20)  # let the guests settle after boot
     rss = qemu_rss(prefix)
-    result = {"pods": count, "running": count - len(failed), "not_running": sorted(failed),
+    result = {"pods": count, "running": count - len(failed) - len(unschedulable),
+              "not_running": sorted(failed), "unschedulable": sorted(unschedulable),
               "all_running_s": all_running, "qemu_processes": len(rss),
               "rss_mib_median": statistics.median(rss) / 1024 if rss else None,
               "host_used_mib_delta": (host_used_kib() - before) / 1024}
