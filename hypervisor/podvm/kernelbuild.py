@@ -39,6 +39,7 @@ from pathlib import Path
 from hypervisor.files import write_atomic
 from hypervisor.images import Progress, _locked, _report
 from hypervisor.podvm.initramfs import PodKernel, _has_pvh_note, pod_kernel
+from hypervisor.proc import ProcessError, run
 
 SOURCE_DIR = Path("/usr/src")
 CONFIG_FRAGMENT = Path(__file__).resolve().parent.parent.parent / "templates" / "podvm" / "kernel.config"
@@ -136,7 +137,7 @@ def toolchain() -> str:
     if gcc is None:
         raise KernelBuildError("gcc is not installed (the pod kernel needs gcc, make, flex, bison, "
                                "bc and libelf-dev)")
-    done = subprocess.run([gcc, "--version"], capture_output=True, text=True, check=False)
+    done = run([gcc, "--version"], check=False, timeout=60)
     return done.stdout.splitlines()[0] if done.stdout else "gcc"
 
 
@@ -240,13 +241,12 @@ def _build(cache_dir: Path, key: str, source: KernelSource, fragment: Path,
     deadline = time.monotonic() + timeout
     try:
         _report(progress, f"unpacking {source.tarball.name}", 0.0)
-        _make_step(["tar", "-xf", str(source.tarball), "-C", str(work), "--strip-components=1",
-                    "--no-same-owner"], work, "unpacking the source",
-                   deadline)
+        _make_output(["tar", "-xf", str(source.tarball), "-C", str(work), "--strip-components=1",
+                      "--no-same-owner"], work, deadline, what="unpacking the source")
         tree = work
         _report(progress, "configuring (allnoconfig + templates/podvm/kernel.config)", 0.03)
-        _make_step(["make", f"KCONFIG_ALLCONFIG={fragment}", "allnoconfig"], tree, "configuring",
-                   deadline)
+        _make_output(["make", f"KCONFIG_ALLCONFIG={fragment}", "allnoconfig"], tree, deadline,
+                     what="configuring")
         dropped = _missing_settings((tree / ".config").read_text(), wanted)
         if dropped:
             raise KernelBuildError("the kernel configuration dropped " + ", ".join(dropped[:5]) +
@@ -299,22 +299,17 @@ def _compile(tree: Path, jobs: int, progress: Progress, deadline: float) -> None
         raise KernelBuildError(f"make vmlinux failed (rc={rc}): {_one_line(errors[0] if errors else '')}")
 
 
-def _make_step(cmd: Sequence[str], cwd: Path, what: str, deadline: float) -> None:
-    _make_output(cmd, cwd, deadline, what=what)
-
-
 def _make_output(cmd: Sequence[str], cwd: Path, deadline: float, *, what: str = "") -> str:
+    """Run one step of the build (``hypervisor.proc.run``) within the build's deadline."""
+    what = what or " ".join(cmd)
     try:
-        done = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True,
-                              errors="replace", stdin=subprocess.DEVNULL,
-                              timeout=max(deadline - time.monotonic(), 1.0), check=False)
-    except subprocess.TimeoutExpired:
-        raise KernelBuildError(f"{what or cmd[0]} ran out of time") from None
-    except OSError as exc:
-        raise KernelBuildError(f"{what or cmd[0]}: {exc.strerror}") from None
-    if done.returncode != 0:
+        done = run(cmd, check=False, cwd=str(cwd), env=_env(),
+                   timeout=max(deadline - time.monotonic(), 1.0))
+    except ProcessError as exc:
+        raise KernelBuildError(f"{what}: {exc.reason}") from None
+    if done.rc != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise KernelBuildError(f"{what or ' '.join(cmd)} failed (rc={done.returncode}): "
+        raise KernelBuildError(f"{what} failed (rc={done.rc}): "
                                f"{_one_line(lines[-1] if lines else '')}")
     return done.stdout
 
